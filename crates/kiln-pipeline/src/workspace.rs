@@ -1,0 +1,47 @@
+//! A project's state folder `.kiln/`: the run database, the object store, the stat cache and
+//! the logs.
+
+use std::path::{Path, PathBuf};
+
+use kiln_registry::{Registry, RunId};
+use kiln_store::Store;
+
+use crate::Error;
+use crate::hashing::StatCache;
+
+/// Name of the state folder at the project root.
+pub const STATE_DIR: &str = ".kiln";
+
+/// The open state of one project.
+#[derive(Debug)]
+pub struct Workspace {
+    pub state_dir: PathBuf,
+    pub registry: Registry,
+    pub store: Store,
+    pub stat_cache: StatCache,
+}
+
+impl Workspace {
+    /// Opens `.kiln/` under `root`, creating it on first use. Recovers from a crashed run: runs
+    /// left `running` are marked interrupted and half-written store files are removed.
+    pub fn open(root: &Path) -> Result<Workspace, Error> {
+        let state_dir = root.join(STATE_DIR);
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|source| Error::io("create", &state_dir, source))?;
+        let ignore = state_dir.join(".gitignore");
+        if !ignore.exists() {
+            let _ = std::fs::write(&ignore, "# Kiln's local state: runs, cache, logs.\n*\n");
+        }
+        Ok(Workspace {
+            registry: Registry::open(&state_dir.join("kiln.db"))?,
+            store: Store::open(state_dir.join("store"))?,
+            stat_cache: StatCache::load(&state_dir.join("stat-cache")),
+            state_dir,
+        })
+    }
+
+    /// Where the logs of a run go.
+    pub fn log_dir(&self, run: RunId) -> PathBuf {
+        self.state_dir.join("logs").join(run.to_string())
+    }
+}

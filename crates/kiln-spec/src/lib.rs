@@ -1,0 +1,22 @@
+//! `kiln.yaml` and `dvc.yaml`: parse, validate, and report every mistake with file:line:column,
+//! the offending text underlined, and a hint.
+//!
+//! The entry point is [`load`]: it finds the project file under a root, reads it into the
+//! validated [`Project`] or returns every [`Diagnostic`] it found.
+
+pub mod diagnostic;
+pub mod gate;
+pub mod init;
+pub mod project;
+pub mod schema;
+mod validate;
+pub mod values;
+
+pub use diagnostic::{Diagnostic, Location, SourceFile};
+pub use project::{
+    DataCheck, Gate, Model, Project, ProjectFormat, PythonEnv, RelPath, Stage, StageId,
+    StageLocations,
+};
+pub mod dvc;
+
+pub use validate::{DVC_FILE, Error, KILN_FILE, check_graph, load, parse_kiln, upstream};

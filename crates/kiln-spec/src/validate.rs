@@ -1,0 +1,793 @@
+//! Reading `kiln.yaml` into a [`Project`], and every check `kiln check` makes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use marked_yaml::{LoaderOptions, Span, Spanned};
+
+use crate::diagnostic::{Diagnostic, Location, SourceFile};
+use crate::gate;
+use crate::project::{
+    DataCheck, Gate, Model, Project, ProjectFormat, PythonEnv, RelPath, Stage, StageId,
+    StageLocations,
+};
+use crate::schema::{KilnFile, ModelSpec, StageSpec};
+use crate::values;
+
+/// The project file Kiln looks for first.
+pub const KILN_FILE: &str = "kiln.yaml";
+/// The DVC pipeline file Kiln runs when there is no `kiln.yaml`.
+pub const DVC_FILE: &str = "dvc.yaml";
+
+/// Why a project could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no `kiln.yaml` (or `dvc.yaml`) in `{}`", root.display())]
+    NotFound { root: PathBuf },
+    #[error("cannot read `{}`", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{}` has {} problem{}", file.display(), diagnostics.len(), if diagnostics.len() == 1 { "" } else { "s" })]
+    Invalid {
+        file: PathBuf,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+/// Finds and reads the project under `root`: `kiln.yaml`, else `dvc.yaml`.
+pub fn load(root: &Path) -> Result<Project, Error> {
+    let root = std::path::absolute(root).map_err(|source| Error::Read {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let (name, format) = if root.join(KILN_FILE).is_file() {
+        (KILN_FILE, ProjectFormat::Kiln)
+    } else if root.join(DVC_FILE).is_file() {
+        (DVC_FILE, ProjectFormat::Dvc)
+    } else {
+        return Err(Error::NotFound { root });
+    };
+    let path = root.join(name);
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })?;
+    let source = SourceFile::new(name, text);
+    let parsed = match format {
+        ProjectFormat::Kiln => parse_kiln(&root, source),
+        ProjectFormat::Dvc => crate::dvc::parse_dvc(&root, source),
+    };
+    parsed.map_err(|diagnostics| Error::Invalid {
+        file: PathBuf::from(name),
+        diagnostics,
+    })
+}
+
+/// Where a spanned value stands in `source`.
+pub(crate) fn locate(source: &SourceFile, span: &Span) -> Option<Location> {
+    let start = span.start()?;
+    let offset = source.offset(start.line(), start.column());
+    Some(Location {
+        file: source.clone(),
+        range: source.token_at(offset),
+    })
+}
+
+/// Parses YAML text into serde type `T`, turning YAML and shape errors into diagnostics.
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
+    source: &SourceFile,
+) -> Result<T, Diagnostic> {
+    let options = LoaderOptions::default().error_on_duplicate_keys(true);
+    let node = marked_yaml::parse_yaml_with_options(0, &source.text, options).map_err(|error| {
+        use marked_yaml::LoadError;
+        let (marker, message, hint) = match &error {
+            LoadError::DuplicateKey(inner) => (
+                Some(inner.key.span().start().copied()),
+                format!("`{}` is defined twice", inner.key.as_str()),
+                Some("remove one of the two entries"),
+            ),
+            LoadError::TopLevelMustBeMapping(m) => (
+                Some(Some(*m)),
+                "the file must be a mapping (`key: value` lines) at the top level".into(),
+                None,
+            ),
+            LoadError::UnexpectedAnchor(m) => (
+                Some(Some(*m)),
+                "YAML anchors and aliases are not supported".into(),
+                Some("write the value out in full"),
+            ),
+            LoadError::UnexpectedTag(m) => {
+                (Some(Some(*m)), "YAML tags are not supported".into(), None)
+            }
+            LoadError::MappingKeyMustBeScalar(m) => (
+                Some(Some(*m)),
+                "mapping keys must be plain strings".into(),
+                None,
+            ),
+            LoadError::ScanError(m, scan) => (
+                Some(Some(*m)),
+                format!("invalid YAML: {}", scan.info()),
+                Some("check the indentation and quoting on this line"),
+            ),
+            LoadError::TopLevelMustBeSequence(m) => (
+                Some(Some(*m)),
+                "the file must be a list at the top level".into(),
+                None,
+            ),
+        };
+        let location = marker.flatten().map(|m| {
+            let offset = source.offset(m.line(), m.column());
+            Location {
+                file: source.clone(),
+                range: source.token_at(offset),
+            }
+        });
+        let mut diagnostic = Diagnostic::new(message).at(location);
+        if let Some(hint) = hint {
+            diagnostic = diagnostic.hint(hint);
+        }
+        diagnostic
+    })?;
+    marked_yaml::from_node(&node).map_err(|error| {
+        let unknown_field = match &*error {
+            marked_yaml::Error::UnknownFieldError(field, _, _) => Some(field.as_str()),
+            _ => None,
+        };
+        // The path names the offending value exactly; the error's own span is often only its
+        // enclosing mapping.
+        let marker = error
+            .path()
+            .and_then(|path| marker_at_path(&node, path, unknown_field, error.start_mark()))
+            .or_else(|| error.start_mark());
+        let location = marker.map(|m| {
+            let offset = source.offset(m.line(), m.column());
+            Location {
+                file: source.clone(),
+                range: source.token_at(offset),
+            }
+        });
+        let (message, hint) = match &*error {
+            marked_yaml::Error::UnknownFieldError(field, expected, _) => (
+                format!("unknown key `{field}`"),
+                Some(match closest(field, expected) {
+                    Some(near) => format!(
+                        "did you mean `{near}`? expected one of: {}",
+                        expected.join(", ")
+                    ),
+                    None => format!("expected one of: {}", expected.join(", ")),
+                }),
+            ),
+            marked_yaml::Error::FloatParseFailure(_, _)
+            | marked_yaml::Error::IntegerParseFailure(_, _) => {
+                ("expected a number here".to_string(), None)
+            }
+            marked_yaml::Error::NotBoolean(_) => {
+                ("expected `true` or `false` here".to_string(), None)
+            }
+            other => (describe_shape_error(&other.to_string()), None),
+        };
+        let diagnostic = Diagnostic::new(message).at(location);
+        match hint {
+            Some(hint) => diagnostic.hint(hint),
+            None => diagnostic,
+        }
+    })
+}
+
+/// Where the value at a serde path (`models.?.stages.?.deps`) starts. `?` stands for a mapping
+/// key serde could not name, and keys may contain dots (`data/train.csv`), so the path is matched
+/// against the tree: the first match at or after `near` (the error's own, coarser position) wins.
+/// With `field`, points at that key in the mapping the path ends in (for unknown keys).
+fn marker_at_path(
+    root: &marked_yaml::Node,
+    path: &str,
+    field: Option<&str>,
+    near: Option<marked_yaml::Marker>,
+) -> Option<marked_yaml::Marker> {
+    let segments: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+    let mut found = Vec::new();
+    collect_matches(root, &segments, field, &mut found);
+    let after = |m: &marked_yaml::Marker| {
+        near.is_none_or(|n| (m.line(), m.column()) >= (n.line(), n.column()))
+    };
+    found.iter().find(|m| after(m)).or(found.first()).copied()
+}
+
+fn collect_matches(
+    node: &marked_yaml::Node,
+    segments: &[&str],
+    field: Option<&str>,
+    found: &mut Vec<marked_yaml::Marker>,
+) {
+    use marked_yaml::Node;
+    let Some(first) = segments.first() else {
+        let marker = match (field, node) {
+            (Some(field), Node::Mapping(mapping)) => mapping
+                .iter()
+                .find(|(k, _)| k.as_str() == field)
+                .and_then(|(k, _)| k.span().start().copied()),
+            (Some(_), _) => None,
+            (None, _) => node.span().start().copied(),
+        };
+        found.extend(marker);
+        return;
+    };
+    match node {
+        Node::Mapping(mapping) if *first == "?" => {
+            for (_, value) in mapping.iter() {
+                collect_matches(value, &segments[1..], field, found);
+            }
+        }
+        Node::Mapping(mapping) => {
+            for end in (1..=segments.len()).rev() {
+                let key = segments[..end].join(".");
+                if let Some((_, value)) = mapping.iter().find(|(k, _)| k.as_str() == key) {
+                    collect_matches(value, &segments[end..], field, found);
+                }
+            }
+            // An unknown key is the path's last segment, and is itself the field.
+            if segments.len() == 1 && field == Some(*first) {
+                collect_matches(node, &[], field, found);
+            }
+        }
+        Node::Sequence(sequence) => {
+            let position = first
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<usize>()
+                .ok();
+            if let Some(item) = position.and_then(|p| sequence.get(p)) {
+                collect_matches(item, &segments[1..], field, found);
+            }
+        }
+        Node::Scalar(_) => {}
+    }
+}
+
+/// Serde's messages, in Kiln's voice.
+fn describe_shape_error(message: &str) -> String {
+    let message = message.replace("invalid type: ", "wrong type: found ");
+    match message.strip_prefix("missing field ") {
+        Some(field) => format!("missing required key {field}"),
+        None => message,
+    }
+}
+
+/// The expected name nearest to `word`, if any is close (a typo).
+fn closest<'a>(word: &str, expected: &[&'a str]) -> Option<&'a str> {
+    expected
+        .iter()
+        .map(|candidate| (edit_distance(word, candidate), *candidate))
+        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(1))
+        .min()
+        .map(|(_, candidate)| candidate)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Reads and validates the text of a `kiln.yaml`.
+pub fn parse_kiln(root: &Path, source: SourceFile) -> Result<Project, Vec<Diagnostic>> {
+    let file: KilnFile = parse_yaml(&source).map_err(|d| vec![d])?;
+    let mut diagnostics = Vec::new();
+    let mut models = Vec::new();
+    if file.models.is_empty() {
+        diagnostics.push(
+            Diagnostic::new("`models` is empty").hint("declare at least one model with its stages"),
+        );
+    }
+    for (name, spec) in &file.models {
+        let mut reader = ModelReader {
+            root,
+            source: &source,
+            diagnostics: &mut diagnostics,
+        };
+        if let Some(model) = reader.model(name, spec) {
+            models.push(model);
+        }
+    }
+    let project = Project {
+        root: root.to_path_buf(),
+        file: PathBuf::from(KILN_FILE),
+        format: ProjectFormat::Kiln,
+        models,
+    };
+    diagnostics.extend(check_graph(&project));
+    if diagnostics.is_empty() {
+        Ok(project)
+    } else {
+        Err(diagnostics)
+    }
+}
+
+struct ModelReader<'a> {
+    root: &'a Path,
+    source: &'a SourceFile,
+    diagnostics: &'a mut Vec<Diagnostic>,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !name.starts_with(['.', '-'])
+}
+
+impl ModelReader<'_> {
+    fn at(&self, span: &Span) -> Option<Location> {
+        locate(self.source, span)
+    }
+
+    fn error(&mut self, message: String, span: &Span, hint: Option<&str>) {
+        let mut diagnostic = Diagnostic::new(message).at(self.at(span));
+        if let Some(hint) = hint {
+            diagnostic = diagnostic.hint(hint);
+        }
+        self.diagnostics.push(diagnostic);
+    }
+
+    /// A path relative to `base`, checked to stay inside the project.
+    fn path(&mut self, base: &RelPath, path: &Spanned<String>) -> Option<RelPath> {
+        if path.trim().is_empty() {
+            self.error("empty path".into(), path.span(), None);
+            return None;
+        }
+        let resolved = RelPath::resolve(base, path);
+        if resolved.is_none() {
+            self.error(
+                format!("`{}` points outside the project", path.as_str()),
+                path.span(),
+                Some(
+                    "paths are relative to the model's `dir` and must stay inside the project root",
+                ),
+            );
+        }
+        resolved
+    }
+
+    fn model(&mut self, name: &Spanned<String>, spec: &ModelSpec) -> Option<Model> {
+        if !valid_name(name) {
+            self.error(
+                format!("`{}` is not a valid model name", name.as_str()),
+                name.span(),
+                Some("use letters, digits, `_`, `-` and `.`"),
+            );
+        }
+        let dir = match &spec.dir {
+            Some(dir) => self.path(&RelPath::root(), dir)?,
+            None => RelPath::root(),
+        };
+        if let Some(dir_spec) = &spec.dir
+            && !dir.to_path(self.root).is_dir()
+        {
+            self.error(
+                format!("model directory `{dir}` does not exist"),
+                dir_spec.span(),
+                Some("`dir` is relative to the project root"),
+            );
+        }
+        let python = spec.python.as_ref().and_then(|python| {
+            let requirements = self.path(&dir, &python.requirements)?;
+            if !requirements.to_path(self.root).is_file() {
+                self.error(
+                    format!("requirements file `{requirements}` does not exist"),
+                    python.requirements.span(),
+                    Some("the path is relative to the model's `dir`"),
+                );
+            }
+            Some(PythonEnv { requirements })
+        });
+        let params_file = match &spec.params {
+            Some(params) => {
+                let path = self.path(&dir, params);
+                if let Some(path) = &path
+                    && !path.to_path(self.root).is_file()
+                {
+                    self.error(
+                        format!("params file `{path}` does not exist"),
+                        params.span(),
+                        Some("create it, or remove `params`"),
+                    );
+                }
+                path
+            }
+            None => {
+                RelPath::resolve(&dir, "params.yaml").filter(|p| p.to_path(self.root).is_file())
+            }
+        };
+        let params = params_file
+            .as_ref()
+            .and_then(|path| values::read_flat(&path.to_path(self.root)).ok());
+
+        let mut stages = Vec::new();
+        for (stage_name, stage_spec) in &spec.stages {
+            stages.push(self.stage(
+                name,
+                stage_name,
+                stage_spec,
+                &dir,
+                params.as_ref(),
+                params_file.as_ref(),
+            ));
+        }
+        if spec.stages.is_empty() {
+            self.error(
+                format!("model `{}` has no stages", name.as_str()),
+                name.span(),
+                Some("add a `stages` mapping with at least one stage"),
+            );
+        }
+        let outs: Vec<RelPath> = stages.iter().flat_map(|s: &Stage| s.outs.clone()).collect();
+        let artifact = spec.artifact.as_ref().and_then(|artifact| {
+            let path = self.path(&dir, artifact)?;
+            if !outs.iter().any(|out| path.is_within(out)) {
+                self.error(
+                    format!(
+                        "artifact `{path}` is not written by any stage of model `{}`",
+                        name.as_str()
+                    ),
+                    artifact.span(),
+                    Some("add it to the `outs` of the stage that writes it"),
+                );
+            }
+            Some(path)
+        });
+        let mut gates = Vec::new();
+        for text in &spec.gates {
+            match gate::parse(text) {
+                Ok(expr) => gates.push(Gate {
+                    text: text.to_string(),
+                    expr,
+                    location: self.at(text.span()),
+                }),
+                Err(error) => {
+                    let location = self.at(text.span()).map(|mut location| {
+                        // Point inside the expression: skip the opening quote, if any.
+                        let start = location.range.start
+                            + usize::from(
+                                self.source.text[location.range.start..].starts_with(['"', '\'']),
+                            );
+                        location.range = start + error.range.start..start + error.range.end;
+                        location
+                    });
+                    let mut diagnostic = Diagnostic::new(format!(
+                        "invalid gate `{}`: {}",
+                        text.as_str(),
+                        error.message
+                    ))
+                    .at(location);
+                    if let Some(hint) = error.hint {
+                        diagnostic = diagnostic.hint(hint);
+                    }
+                    self.diagnostics.push(diagnostic);
+                }
+            }
+        }
+        Some(Model {
+            name: name.to_string(),
+            dir,
+            python,
+            params_file,
+            stages,
+            artifact,
+            gates,
+        })
+    }
+
+    fn stage(
+        &mut self,
+        model: &str,
+        name: &Spanned<String>,
+        spec: &StageSpec,
+        dir: &RelPath,
+        params: Option<&values::FlatValues>,
+        params_file: Option<&RelPath>,
+    ) -> Stage {
+        if !valid_name(name) {
+            self.error(
+                format!("`{}` is not a valid stage name", name.as_str()),
+                name.span(),
+                Some("use letters, digits, `_`, `-` and `.`"),
+            );
+        }
+        if spec.cmd.trim().is_empty() {
+            self.error(
+                format!("stage `{}` has an empty `cmd`", name.as_str()),
+                spec.cmd.span(),
+                None,
+            );
+        }
+        let mut locations = StageLocations {
+            name: self.at(name.span()),
+            cmd: self.at(spec.cmd.span()),
+            ..Default::default()
+        };
+        let mut deps = Vec::new();
+        for dep in &spec.deps {
+            if let Some(path) = self.path(dir, dep) {
+                deps.push(path);
+                locations.deps.push(self.at(dep.span()));
+            }
+        }
+        let mut outs = Vec::new();
+        let mut metrics = Vec::new();
+        for (out, is_metric) in spec
+            .outs
+            .iter()
+            .map(|o| (o, false))
+            .chain(spec.metrics.iter().map(|m| (m, true)))
+        {
+            if let Some(path) = self.path(dir, out) {
+                if is_metric {
+                    metrics.push(path.clone());
+                }
+                if !outs.contains(&path) {
+                    outs.push(path);
+                    locations.outs.push(self.at(out.span()));
+                }
+            }
+        }
+        let mut stage_params = Vec::new();
+        for key in &spec.params {
+            match (params, params_file) {
+                (None, None) => self.error(
+                    format!(
+                        "stage `{}` reads param `{}`, but model `{model}` has no params file",
+                        name.as_str(),
+                        key.as_str()
+                    ),
+                    key.span(),
+                    Some(
+                        "create `params.yaml` in the model's `dir`, or set `params:` on the model",
+                    ),
+                ),
+                (Some(values), Some(file)) if values::select(values, key).next().is_none() => self
+                    .error(
+                        format!("param `{}` is not in `{file}`", key.as_str()),
+                        key.span(),
+                        Some(
+                            "name a key or a section of the params file, e.g. `train` or `train.C`",
+                        ),
+                    ),
+                _ => {}
+            }
+            stage_params.push(key.to_string());
+            locations.params.push(self.at(key.span()));
+        }
+        let mut checks = Vec::new();
+        for (file, check) in &spec.checks {
+            let Some(path) = self.path(dir, file) else {
+                continue;
+            };
+            if !outs.iter().any(|out| path.is_within(out)) {
+                self.error(
+                    format!("stage `{}` checks `{path}`, which it does not write", name.as_str()),
+                    file.span(),
+                    Some("data checks run right after the stage that writes the file: list it (or its folder) in `outs`"),
+                );
+            }
+            for (column, rule) in &check.columns {
+                if let (Some(min), Some(max)) = (rule.min, rule.max)
+                    && min > max
+                {
+                    self.error(
+                        format!(
+                            "column `{}`: `min` {min} is greater than `max` {max}",
+                            column.as_str()
+                        ),
+                        column.span(),
+                        None,
+                    );
+                }
+            }
+            checks.push(DataCheck {
+                file: path,
+                rows: check.rows.clone().unwrap_or_default(),
+                columns: check
+                    .columns
+                    .iter()
+                    .map(|(c, r)| (c.to_string(), r.clone()))
+                    .collect(),
+            });
+        }
+        Stage {
+            id: StageId::new(model, name.as_str()),
+            cmd: spec.cmd.to_string(),
+            workdir: dir.clone(),
+            deps,
+            outs,
+            metrics,
+            params: stage_params,
+            checks,
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            locations,
+        }
+    }
+}
+
+/// For each stage, the stages whose outs it reads.
+pub fn upstream(project: &Project) -> BTreeMap<StageId, BTreeSet<StageId>> {
+    let mut graph = BTreeMap::new();
+    for stage in project.stages() {
+        let producers = project
+            .stages()
+            .filter(|other| other.id != stage.id)
+            .filter(|other| {
+                stage
+                    .deps
+                    .iter()
+                    .any(|dep| other.outs.iter().any(|out| dep.overlaps(out)))
+            })
+            .map(|other| other.id.clone())
+            .collect();
+        graph.insert(stage.id.clone(), producers);
+    }
+    graph
+}
+
+/// The checks that need every stage at once: unproduced deps, shared outs, cycles, gate metrics.
+pub fn check_graph(project: &Project) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let stages: Vec<&Stage> = project.stages().collect();
+    for (index, stage) in stages.iter().enumerate() {
+        for (dep, location) in stage.deps.iter().zip(&stage.locations.deps) {
+            if let Some(position) = stage.outs.iter().position(|out| out.overlaps(dep)) {
+                diagnostics.push(
+                    Diagnostic::new(format!(
+                        "stage `{}` lists `{dep}` as a dep, but it also writes `{}`",
+                        stage.id, stage.outs[position]
+                    ))
+                    .at(location.clone())
+                    .hint("a stage cannot read what it writes: split it into two stages"),
+                );
+                continue;
+            }
+            let produced = stages
+                .iter()
+                .any(|other| other.outs.iter().any(|out| dep.overlaps(out)));
+            if !produced && !dep.to_path(&project.root).exists() {
+                diagnostics.push(
+                    Diagnostic::new(format!("stage `{}` depends on `{dep}`, which no stage produces and which does not exist", stage.id))
+                        .at(location.clone())
+                        .hint("add it to the `outs` of the stage that writes it, or create it"),
+                );
+            }
+        }
+        for other in &stages[index + 1..] {
+            for (out, location) in stage.outs.iter().zip(&stage.locations.outs) {
+                if let Some(theirs) = other.outs.iter().find(|theirs| out.overlaps(theirs)) {
+                    diagnostics.push(
+                        Diagnostic::new(format!(
+                            "stages `{}` and `{}` both write `{}`",
+                            stage.id,
+                            other.id,
+                            if out.is_within(theirs) { out } else { theirs }
+                        ))
+                        .at(location.clone())
+                        .hint("each output must belong to one stage: rename one of them"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(project) {
+        let first = project.stage(&cycle[0]);
+        let path: Vec<String> = cycle
+            .iter()
+            .chain(std::iter::once(&cycle[0]))
+            .map(|id| format!("`{id}`"))
+            .collect();
+        diagnostics.push(
+            Diagnostic::new(format!("stages form a cycle: {}", path.join(" -> ")))
+                .at(first.and_then(|s| s.locations.name.clone()))
+                .hint("a stage cannot depend, even indirectly, on its own outputs: remove one of these deps"),
+        );
+    }
+    diagnostics.extend(check_gate_metrics(project));
+    diagnostics
+}
+
+/// Gates may only name metrics that the model's metrics files hold. Metrics files that do not
+/// exist yet (before the first run) cannot be checked, so only existing ones are read.
+fn check_gate_metrics(project: &Project) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    for model in &project.models {
+        let files: Vec<&RelPath> = model.stages.iter().flat_map(|s| &s.metrics).collect();
+        if model.gates.is_empty() {
+            continue;
+        }
+        if files.is_empty() {
+            if let Some(gate) = model.gates.first() {
+                diagnostics.push(
+                    Diagnostic::new(format!(
+                        "model `{}` has gates but no stage declares `metrics`",
+                        model.name
+                    ))
+                    .at(gate.location.clone())
+                    .hint("list the metrics file a stage writes under that stage's `metrics`"),
+                );
+            }
+            continue;
+        }
+        let mut known = BTreeSet::new();
+        for file in &files {
+            match values::read_flat(&file.to_path(&project.root)) {
+                Ok(values) => known.extend(values.into_keys()),
+                Err(_) => return diagnostics, // Not written yet, or unreadable: the run will tell.
+            }
+        }
+        for gate in &model.gates {
+            for name in gate.expr.metric_names() {
+                if !known.contains(name) {
+                    let known_list: Vec<&str> = known.iter().map(String::as_str).collect();
+                    diagnostics.push(
+                        Diagnostic::new(format!("gate `{}` names metric `{name}`, which no metrics file of model `{}` holds", gate.text, model.name))
+                            .at(gate.location.clone())
+                            .hint(format!("known metrics: {}", known_list.join(", "))),
+                    );
+                }
+            }
+        }
+    }
+    diagnostics
+}
+
+/// A cycle among stages, if there is one, as the list of stages along it.
+fn find_cycle(project: &Project) -> Option<Vec<StageId>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Visiting,
+        Done,
+    }
+    fn visit(
+        id: &StageId,
+        graph: &BTreeMap<StageId, BTreeSet<StageId>>,
+        marks: &mut BTreeMap<StageId, Mark>,
+        path: &mut Vec<StageId>,
+    ) -> Option<Vec<StageId>> {
+        match marks.get(id) {
+            Some(Mark::Done) => return None,
+            Some(Mark::Visiting) => {
+                let start = path.iter().position(|p| p == id).unwrap_or(0);
+                return Some(path[start..].to_vec());
+            }
+            None => {}
+        }
+        marks.insert(id.clone(), Mark::Visiting);
+        path.push(id.clone());
+        for next in graph.get(id).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, marks, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        marks.insert(id.clone(), Mark::Done);
+        None
+    }
+    let graph = upstream(project);
+    let mut marks = BTreeMap::new();
+    for id in graph.keys() {
+        if let Some(mut cycle) = visit(id, &graph, &mut marks, &mut Vec::new()) {
+            // The graph points upstream; show the cycle in the order data flows.
+            cycle.reverse();
+            return Some(cycle);
+        }
+    }
+    None
+}

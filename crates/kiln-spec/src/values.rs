@@ -1,0 +1,183 @@
+//! Params and metrics files (YAML or JSON) flattened to dotted keys: `train: {C: 1}` -> `train.C`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use marked_yaml::Node;
+
+/// A leaf value of a params or metrics file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Number(f64),
+    Bool(bool),
+    Text(String),
+    Null,
+}
+
+impl Scalar {
+    /// Reads a YAML scalar as YAML 1.2's core schema would type it.
+    pub fn from_yaml(text: &str) -> Scalar {
+        match text {
+            "true" | "True" | "TRUE" => return Scalar::Bool(true),
+            "false" | "False" | "FALSE" => return Scalar::Bool(false),
+            "" | "~" | "null" | "Null" | "NULL" => return Scalar::Null,
+            _ => {}
+        }
+        let looks_numeric =
+            text.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '-' | '+' | '.'));
+        match text.parse::<f64>() {
+            Ok(n) if looks_numeric && !text.ends_with('.') => Scalar::Number(n),
+            _ => Scalar::Text(text.to_string()),
+        }
+    }
+
+    pub fn as_number(&self) -> Option<f64> {
+        match self {
+            Scalar::Number(n) => Some(*n),
+            Scalar::Bool(b) => Some(f64::from(u8::from(*b))),
+            _ => None,
+        }
+    }
+
+    /// A stable text form: the same value always encodes the same way (used in cache keys).
+    pub fn canonical(&self) -> String {
+        match self {
+            Scalar::Number(n) => format!("n:{n:?}"),
+            Scalar::Bool(b) => format!("b:{b}"),
+            Scalar::Text(t) => format!("s:{t}"),
+            Scalar::Null => "null".to_string(),
+        }
+    }
+
+    /// The value as JSON.
+    pub fn to_json(&self) -> String {
+        match self {
+            Scalar::Number(n) if n.is_finite() => format!("{n}"),
+            Scalar::Number(_) | Scalar::Null => "null".into(),
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Text(t) => format!("{t:?}"),
+        }
+    }
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Number(n) => write!(f, "{n}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Text(t) => f.write_str(t),
+            Scalar::Null => f.write_str("null"),
+        }
+    }
+}
+
+/// Dotted key -> leaf value, sorted by key.
+pub type FlatValues = BTreeMap<String, Scalar>;
+
+/// A params or metrics file that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ValuesError {
+    #[error("cannot read `{path}`")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}` is not valid YAML or JSON: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// Reads and flattens a YAML or JSON file whose top level is a mapping. An empty file is empty.
+pub fn read_flat(path: &Path) -> Result<FlatValues, ValuesError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ValuesError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_flat(&text).map_err(|message| ValuesError::Parse {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Flattens YAML or JSON text (see [`read_flat`]).
+pub fn parse_flat(text: &str) -> Result<FlatValues, String> {
+    let mut values = FlatValues::new();
+    if text.trim().is_empty() {
+        return Ok(values);
+    }
+    let node = marked_yaml::parse_yaml(0, text).map_err(|e| e.to_string())?;
+    flatten(&node, String::new(), &mut values);
+    Ok(values)
+}
+
+fn flatten(node: &Node, prefix: String, out: &mut FlatValues) {
+    let join = |key: &str| {
+        if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    };
+    match node {
+        Node::Scalar(scalar) => {
+            out.insert(prefix, Scalar::from_yaml(scalar.as_str()));
+        }
+        Node::Mapping(mapping) => {
+            for (key, value) in mapping.iter() {
+                flatten(value, join(key.as_str()), out);
+            }
+        }
+        Node::Sequence(sequence) => {
+            for (index, value) in sequence.iter().enumerate() {
+                flatten(value, join(&index.to_string()), out);
+            }
+        }
+    }
+}
+
+/// The values under `selector`: the key itself, or every key below it when it names a section.
+pub fn select<'a>(
+    values: &'a FlatValues,
+    selector: &str,
+) -> impl Iterator<Item = (&'a String, &'a Scalar)> {
+    let section = format!("{selector}.");
+    values
+        .iter()
+        .filter(move |(key, _)| *key == selector || key.starts_with(&section))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattens_yaml_and_json() {
+        let yaml = parse_flat(
+            "train:\n  C: 0.5\n  max_iter: 200\n  solver: lbfgs\nseed: 7\nlayers: [3, 4]\n",
+        )
+        .unwrap();
+        assert_eq!(yaml["train.C"], Scalar::Number(0.5));
+        assert_eq!(yaml["train.solver"], Scalar::Text("lbfgs".into()));
+        assert_eq!(yaml["layers.1"], Scalar::Number(4.0));
+        let json =
+            parse_flat(r#"{"accuracy": 0.95, "per_class": {"setosa": 1.0}, "ok": true}"#).unwrap();
+        assert_eq!(json["per_class.setosa"], Scalar::Number(1.0));
+        assert_eq!(json["ok"], Scalar::Bool(true));
+    }
+
+    #[test]
+    fn selects_sections_and_keys() {
+        let values = parse_flat("train: {C: 1, max_iter: 100}\ntrainer: x\n").unwrap();
+        let keys: Vec<_> = select(&values, "train").map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["train.C", "train.max_iter"]);
+        assert_eq!(select(&values, "train.C").count(), 1);
+    }
+
+    #[test]
+    fn numbers_and_text_are_told_apart() {
+        assert_eq!(Scalar::from_yaml("1e-3"), Scalar::Number(0.001));
+        assert_eq!(Scalar::from_yaml("inf"), Scalar::Text("inf".into()));
+        assert_eq!(Scalar::from_yaml("1.2.3"), Scalar::Text("1.2.3".into()));
+    }
+}

@@ -1,0 +1,103 @@
+//! The `kiln` command line: parses arguments, runs one command, maps the result to an exit code.
+
+// Only the binary prints: stdout for data (`--json`), stderr for progress and messages.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod commands;
+mod exit;
+mod init_cmd;
+mod report;
+mod ui;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const ABOUT: &str =
+    "Kiln: a git commit goes in; a trained, tested, gated, versioned model comes out.";
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about = ABOUT, after_help = exit::HELP)]
+struct Cli {
+    /// Project root (the folder holding `kiln.yaml` or `dvc.yaml`).
+    #[arg(
+        short = 'C',
+        long = "project",
+        global = true,
+        default_value = ".",
+        value_name = "DIR"
+    )]
+    project: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate `kiln.yaml` (or `dvc.yaml`): every problem with file:line:column and a hint.
+    #[command(after_help = "Examples:\n  kiln check\n  kiln check -C examples/iris")]
+    Check,
+    /// Run the pipeline: stages as a DAG, in parallel, skipping what is unchanged.
+    #[command(
+        after_help = "Examples:\n  kiln run\n  kiln run iris --set train.C=0.5\n  kiln run --jobs 4 --junit report.xml --report summary.md\n\nExit codes: 0 success, 1 a stage failed, 2 invalid project or arguments,\n3 a data check failed, 4 a gate failed, 130 cancelled."
+    )]
+    Run(commands::RunArgs),
+    /// Show which stages would run, and why (which dep, param or command changed).
+    #[command(after_help = "Examples:\n  kiln status\n  kiln status iris --json")]
+    Status(commands::StatusArgs),
+    /// List runs, or show one (`kiln runs show ID`).
+    #[command(
+        after_help = "Examples:\n  kiln runs\n  kiln runs --model iris --limit 5\n  kiln runs show 3 --json"
+    )]
+    Runs(commands::RunsArgs),
+    /// Print the log of a run's stage (all stages when none is named).
+    #[command(after_help = "Examples:\n  kiln logs 3\n  kiln logs 3 train")]
+    Logs(commands::LogsArgs),
+    /// Compare metrics between runs.
+    #[command(subcommand)]
+    Metrics(commands::MetricsCommand),
+    /// Write a commented `kiln.yaml` from the repository layout.
+    #[command(
+        after_help = "Recognises models/<name>/src/{train.py,predict.py,requirements.txt}, data/raw, data/processed.\n\nExamples:\n  kiln init\n  kiln init --force"
+    )]
+    Init {
+        /// Overwrite an existing `kiln.yaml`.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return exit::code(if error.use_stderr() {
+                exit::INVALID
+            } else {
+                exit::SUCCESS
+            });
+        }
+    };
+    let result = match cli.command {
+        Command::Check => commands::check(&cli.project),
+        Command::Run(args) => commands::run(&cli.project, args),
+        Command::Status(args) => commands::status(&cli.project, args),
+        Command::Runs(args) => commands::runs(&cli.project, args),
+        Command::Logs(args) => commands::logs(&cli.project, args),
+        Command::Metrics(command) => commands::metrics(&cli.project, command),
+        Command::Init { force } => init_cmd::run(&cli.project, force).map(|path| {
+            eprintln!("wrote `{path}`: review it, then run `kiln check`");
+            exit::code(exit::SUCCESS)
+        }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            commands::print_error(&error);
+            exit::code(commands::exit_code_of(&error))
+        }
+    }
+}

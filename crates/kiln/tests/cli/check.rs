@@ -1,0 +1,127 @@
+//! `kiln check`: every mistake is reported with file:line:column, the text underlined, a hint.
+
+use crate::common::{TestProject, stderr};
+
+/// Runs `kiln check` and returns its stderr, asserting exit code 2.
+fn check_fails(project: &TestProject) -> String {
+    let output = project.kiln(&["check"]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "stderr:\n{}",
+        stderr(&output)
+    );
+    stderr(&output)
+}
+
+#[test]
+fn a_valid_project_passes() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a: {cmd: echo a > a.txt, outs: [a.txt]}\n",
+    );
+    let output = project.kiln(&["check"]);
+    assert_eq!(output.status.code(), Some(0));
+    insta::assert_snapshot!(stderr(&output), @"`kiln.yaml` is valid: 1 model, 1 stage");
+}
+
+#[test]
+fn unknown_key_with_suggestion() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a:\n        cmd: echo\n        depz: [x]\n",
+    );
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn wrong_type() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a:\n        cmd: echo\n        deps: {a: b}\n",
+    );
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn dep_that_nobody_produces() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      train:\n        cmd: python train.py\n        deps: [train.py, data/processed]\n",
+    );
+    project.write("train.py", "");
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn cycle() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a: {cmd: cp b.txt a.txt, deps: [b.txt], outs: [a.txt]}\n      b: {cmd: cp a.txt b.txt, deps: [a.txt], outs: [b.txt]}\n",
+    );
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn two_stages_write_one_out() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a: {cmd: mkdir -p data, outs: [data]}\n      b: {cmd: echo > data/x.csv, outs: [data/x.csv]}\n",
+    );
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn gate_with_unknown_metric() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      eval: {cmd: echo, metrics: [metrics.json]}\n    gates: [\"accuracy >= 0.9\", \"recall > 0.5\"]\n",
+    );
+    project.write("metrics.json", r#"{"accuracy": 0.95, "f1": 0.9}"#);
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn bad_gate_expression() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      eval: {cmd: echo, metrics: [metrics.json]}\n    gates:\n      - \"accuracy = 0.9\"\n      - accuracy >= \n",
+    );
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn yaml_syntax_error() {
+    let project = TestProject::new("models:\n  m:\n    stages:\n      a: {cmd: echo\n");
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn duplicate_key() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a: {cmd: echo}\n      a: {cmd: echo}\n",
+    );
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn unknown_param() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      train: {cmd: echo, params: [train.lr, prepare]}\n",
+    );
+    project.write("params.yaml", "train:\n  C: 1\n");
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn path_outside_the_project_and_missing_files() {
+    let project = TestProject::new(
+        "models:\n  m:\n    dir: models/m\n    python: {requirements: requirements.txt}\n    stages:\n      a: {cmd: echo, deps: [../../../etc/passwd]}\n",
+    );
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn no_project_file() {
+    let project = TestProject::empty();
+    let output = project.kiln(&["check"]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.starts_with("error: no `kiln.yaml` (or `dvc.yaml`) in"),
+        "{text}"
+    );
+    assert!(text.contains("hint: run `kiln init`"), "{text}");
+}

@@ -1,0 +1,5 @@
+//! CLI tests: the real `kiln` binary run in temporary projects, its output snapshotted.
+
+mod check;
+mod common;
+mod run;

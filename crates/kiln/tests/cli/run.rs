@@ -1,0 +1,425 @@
+//! `kiln run`: caching, restoring, parallelism, params, failures, data checks, gates, reports.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{TestProject, kiln_command, outcomes, stderr, stdout};
+
+/// prepare -> train -> evaluate, plus an independent `lint`. Each stage copies its input so that
+/// a change flows downstream.
+const CHAIN: &str = r#"models:
+  m:
+    stages:
+      prepare:
+        cmd: mkdir -p data && cp raw.csv data/clean.csv
+        deps: [raw.csv]
+        outs: [data]
+      train:
+        cmd: cat data/clean.csv > model.txt && python3 -c "import json,os; p=json.load(open(os.environ['KILN_PARAMS'])); open('model.txt','a').write(str(p['train']['C']))"
+        deps: [data]
+        params: [train]
+        outs: [model.txt]
+      evaluate:
+        cmd: "echo '{\"accuracy\": 0.95, \"loss\": {\"test\": 0.2}}' > metrics.json && cat model.txt > /dev/null"
+        deps: [model.txt]
+        metrics: [metrics.json]
+      lint:
+        cmd: echo ok > lint.txt
+        deps: [raw.csv]
+        outs: [lint.txt]
+    gates: ["accuracy >= 0.9", "loss.test < 0.5"]
+"#;
+
+fn chain() -> TestProject {
+    let project = TestProject::new(CHAIN);
+    project.write("raw.csv", "x\n1\n2\n");
+    project.write("params.yaml", "train:\n  C: 1.0\nprepare:\n  seed: 1\n");
+    project
+}
+
+fn run_ok(project: &TestProject, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    let output = project.kiln(&all);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        stderr(&output)
+    );
+    outcomes(&output)
+}
+
+#[test]
+fn second_run_is_all_cached() {
+    let project = chain();
+    assert_eq!(
+        run_ok(&project, &[]),
+        ["evaluate: ran", "lint: ran", "prepare: ran", "train: ran"]
+    );
+    assert_eq!(
+        run_ok(&project, &[]),
+        [
+            "evaluate: cached",
+            "lint: cached",
+            "prepare: cached",
+            "train: cached"
+        ]
+    );
+    assert_eq!(project.read("model.txt"), "x\n1\n2\n1");
+}
+
+#[test]
+fn a_changed_dep_reruns_only_downstream_stages() {
+    let project = chain();
+    run_ok(&project, &[]);
+    project.write("raw.csv", "x\n1\n2\n3\n");
+    assert_eq!(
+        run_ok(&project, &[]),
+        ["evaluate: ran", "lint: ran", "prepare: ran", "train: ran"]
+    );
+    assert_eq!(project.read("model.txt"), "x\n1\n2\n3\n1");
+    // The same content again (a new mtime, nothing else): the key is unchanged, the outs are
+    // restored from the cache without running anything.
+    project.write("raw.csv", "x\n1\n2\n");
+    // `lint.txt` and `metrics.json` came out the same in between, so those stages stay cached.
+    assert_eq!(
+        run_ok(&project, &[]),
+        [
+            "evaluate: cached",
+            "lint: cached",
+            "prepare: restored",
+            "train: restored"
+        ]
+    );
+    assert_eq!(project.read("model.txt"), "x\n1\n2\n1");
+}
+
+#[test]
+fn a_changed_param_reruns_only_the_stages_that_read_it() {
+    let project = chain();
+    run_ok(&project, &[]);
+    project.write("params.yaml", "train:\n  C: 2.0\nprepare:\n  seed: 1\n");
+    assert_eq!(
+        run_ok(&project, &[]),
+        [
+            "evaluate: ran",
+            "lint: cached",
+            "prepare: cached",
+            "train: ran"
+        ]
+    );
+    assert_eq!(project.read("model.txt"), "x\n1\n2\n2");
+}
+
+#[test]
+fn set_overrides_are_used_and_recorded() {
+    let project = chain();
+    run_ok(&project, &[]);
+    assert_eq!(
+        run_ok(&project, &["--set", "train.C=0.5"]),
+        [
+            "evaluate: ran",
+            "lint: cached",
+            "prepare: cached",
+            "train: ran"
+        ]
+    );
+    assert_eq!(project.read("model.txt"), "x\n1\n2\n0.5");
+    let shown = stdout(&project.kiln(&["runs", "show", "2", "--json"]));
+    let run: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(run["overrides"], serde_json::json!({"train.C": "0.5"}));
+    assert_eq!(run["params"]["train.C"], serde_json::json!(0.5));
+
+    let typo = project.kiln(&["run", "--set", "train.c=3"]);
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(
+        stderr(&typo).contains("param `train.c` is not in `params.yaml` of model `m`"),
+        "{}",
+        stderr(&typo)
+    );
+}
+
+#[test]
+fn deleted_outs_are_restored_from_the_cache() {
+    let project = chain();
+    run_ok(&project, &[]);
+    std::fs::remove_dir_all(project.path("data")).unwrap();
+    project.write("model.txt", "tampered");
+    assert_eq!(
+        run_ok(&project, &[]),
+        [
+            "evaluate: cached",
+            "lint: cached",
+            "prepare: restored",
+            "train: restored"
+        ]
+    );
+    assert_eq!(project.read("data/clean.csv"), "x\n1\n2\n");
+    assert_eq!(project.read("model.txt"), "x\n1\n2\n1");
+}
+
+#[test]
+fn force_reruns_everything() {
+    let project = chain();
+    run_ok(&project, &[]);
+    assert_eq!(
+        run_ok(&project, &["--force"]),
+        ["evaluate: ran", "lint: ran", "prepare: ran", "train: ran"]
+    );
+}
+
+#[test]
+fn independent_stages_run_in_parallel() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a: {cmd: sleep 1 && date +%s%N > a.txt, outs: [a.txt]}\n      b: {cmd: sleep 1 && date +%s%N > b.txt, outs: [b.txt]}\n",
+    );
+    let started = Instant::now();
+    run_ok(&project, &["--jobs", "2"]);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(1900),
+        "two 1 s stages took {elapsed:?}: they did not overlap"
+    );
+
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a: {cmd: sleep 1 && echo a > a.txt, outs: [a.txt]}\n      b: {cmd: sleep 1 && echo b > b.txt, outs: [b.txt]}\n",
+    );
+    let started = Instant::now();
+    run_ok(&project, &["--jobs", "1"]);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "--jobs 1 must run one stage at a time"
+    );
+}
+
+#[test]
+fn a_failing_stage_shows_its_log_and_stops_downstream() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a: {cmd: 'echo starting; echo boom >&2; exit 3', outs: [a.txt]}\n      b: {cmd: cp a.txt b.txt, deps: [a.txt], outs: [b.txt]}\n",
+    );
+    let output = project.kiln(&["run"]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(
+        text.contains("error: stage `m/a` exited with code 3"),
+        "{text}"
+    );
+    assert!(text.contains("starting\nboom"), "{text}");
+    assert!(text.contains("full log: .kiln/logs/1/a.log"), "{text}");
+    assert_eq!(outcomes(&output), ["a: failed:", "b: not-run"]);
+    assert_eq!(
+        stdout(&project.kiln(&["logs", "1", "a"])),
+        "starting\nboom\n"
+    );
+    let runs = stdout(&project.kiln(&["runs", "--json"]));
+    assert!(runs.contains("\"status\": \"failed\""), "{runs}");
+}
+
+#[test]
+fn a_stage_that_does_not_write_its_out_fails() {
+    let project =
+        TestProject::new("models:\n  m:\n    stages:\n      a: {cmd: 'true', outs: [a.txt]}\n");
+    let output = project.kiln(&["run"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("stage `m/a` succeeded but did not write `a.txt`"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn failing_data_checks_fail_the_run_with_the_rows() {
+    let project = TestProject::new(
+        r#"models:
+  m:
+    stages:
+      prepare:
+        cmd: cp raw.csv train.csv
+        deps: [raw.csv]
+        outs: [train.csv]
+        checks:
+          train.csv:
+            rows: {min: 2}
+            columns:
+              length: {type: float, min: 0, max: 10, missing: 0}
+              species: {values: [setosa, virginica]}
+      train: {cmd: cp train.csv model.txt, deps: [train.csv], outs: [model.txt]}
+"#,
+    );
+    project.write(
+        "raw.csv",
+        "length,species\n1.5,setosa\n12,virginica\n,setosa\n3,dog\n",
+    );
+    let output = project.kiln(&["run", "--junit", "junit.xml"]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains("error: stage `m/prepare` wrote data that failed its checks"),
+        "{text}"
+    );
+    assert!(text.contains("`train.csv`: column `length`"), "{text}");
+    assert!(text.contains("above max 10"), "{text}");
+    assert!(text.contains("dog"), "{text}");
+    assert_eq!(outcomes(&output), ["prepare: failed", "train: not-run"]);
+    let junit = project.read("junit.xml");
+    assert!(junit.contains("check train.csv length.max"), "{junit}");
+    assert!(junit.contains("<failure"), "{junit}");
+
+    // Fixed data passes, and the failed attempt left no cache entry behind.
+    project.write("raw.csv", "length,species\n1.5,setosa\n2,virginica\n");
+    assert_eq!(run_ok(&project, &[]), ["prepare: ran", "train: ran"]);
+}
+
+#[test]
+fn a_failing_gate_fails_the_run_with_a_table() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      eval: {cmd: \"echo '{\\\"accuracy\\\": 0.8, \\\"f1\\\": 0.9}' > metrics.json\", metrics: [metrics.json]}\n    gates: [\"accuracy >= 0.9\", \"f1 > 0.8 and accuracy > 0.5\", \"accuracy >= production.accuracy - 0.01\"]\n",
+    );
+    let output = project.kiln(&["run", "--report", "summary.md"]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    let text = stderr(&output);
+    insta::assert_snapshot!(text[text.find("gates of").unwrap()..text.find("\n\nrun 1").unwrap()]);
+    let summary = project.read("summary.md");
+    assert!(
+        summary.contains("| `accuracy >= 0.9` | ❌ fail | accuracy=0.8 |"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn reports_compare_metrics_with_the_previous_run() {
+    let project = chain();
+    run_ok(&project, &[]);
+    project.write("raw.csv", "x\n5\n");
+    project.write("params.yaml", "train:\n  C: 3\nprepare:\n  seed: 1\n");
+    let output = project.kiln(&[
+        "run",
+        "--junit",
+        "junit.xml",
+        "--report",
+        "summary.md",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let summary = project.read("summary.md");
+    assert!(
+        summary.contains("| metric | this run | run 1 | change |"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("| `accuracy` | 0.9500 | 0.9500 | +0.0000 |"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("| `loss.test >= 0.5` | ")
+            || summary.contains("| `loss.test < 0.5` | ✅ pass"),
+        "{summary}"
+    );
+    let junit = project.read("junit.xml");
+    assert!(junit.contains("tests=\"6\""), "{junit}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(
+        json["models"][0]["metrics"]["loss.test"],
+        serde_json::json!(0.2)
+    );
+    let diff = stdout(&project.kiln(&["metrics", "diff"]));
+    assert!(
+        diff.contains("accuracy") && diff.contains("+0.0000"),
+        "{diff}"
+    );
+}
+
+#[test]
+fn status_explains_what_changed() {
+    let project = chain();
+    let before = stdout(&project.kiln(&["status"]));
+    assert!(before.contains("m/prepare: never run"), "{before}");
+    run_ok(&project, &[]);
+    project.write("raw.csv", "x\n9\n");
+    project.write("params.yaml", "train:\n  C: 4\nprepare:\n  seed: 1\n");
+    insta::assert_snapshot!(stdout(&project.kiln(&["status"])));
+}
+
+#[test]
+fn ctrl_c_cancels_the_running_commands() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      slow: {cmd: 'sleep 30 & echo $! > child.pid; wait', outs: [never.txt]}\n",
+    );
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .arg("run")
+        .current_dir(project.root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !project.path("child.pid").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let sleep_pid: i32 = project.read("child.pid").trim().parse().unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // The grandchild `sleep` was in the stage's process group: it is gone too.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !process_running(sleep_pid),
+        "the stage's children were left running"
+    );
+    let runs = stdout(&project.kiln(&["runs", "--json"]));
+    assert!(runs.contains("\"status\": \"cancelled\""), "{runs}");
+    // The database is usable and the next run starts clean.
+    let output = kiln_command(project.root())
+        .args(["status"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+}
+
+#[test]
+fn kill_9_mid_run_is_recovered_by_the_next_command() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      slow: {cmd: 'echo started > started.txt; sleep 30; echo x > out.txt', outs: [out.txt]}\n",
+    );
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .arg("run")
+        .current_dir(project.root())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !project.path("started.txt").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let runs = stdout(&project.kiln(&["runs", "--json"]));
+    assert!(runs.contains("\"status\": \"interrupted\""), "{runs}");
+    project.write(
+        "kiln.yaml",
+        "models:\n  m:\n    stages:\n      slow: {cmd: 'echo x > out.txt', outs: [out.txt]}\n",
+    );
+    assert_eq!(run_ok(&project, &[]), ["slow: ran"]);
+}
+
+/// True when `pid` is a live process (a zombie waiting to be reaped does not count).
+fn process_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
