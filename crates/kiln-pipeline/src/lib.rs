@@ -5,6 +5,7 @@
 //! Invariant: a stage's cache entry is written only after all its outs are in the store and its
 //! data checks passed, so a crash at any point leaves nothing the next run cannot trust.
 
+pub mod artifact;
 pub mod checks;
 pub mod hashing;
 pub mod inputs;
@@ -16,6 +17,7 @@ pub mod workspace;
 
 use std::path::{Path, PathBuf};
 
+pub use artifact::{Artifact, latest_artifact};
 pub use params::Override;
 pub use run::{Event, FailureKind, Observer, Outcome, RunOptions, RunReport, run};
 pub use status::{StageStatus, status};
@@ -51,6 +53,10 @@ pub enum Error {
     PythonEnv(#[from] python_env::PythonEnvError),
     #[error("{0}")]
     Status(String),
+    #[error("{0}")]
+    Artifact(String),
+    #[error("another `kiln run` is running in this project")]
+    Busy,
 }
 
 impl Error {

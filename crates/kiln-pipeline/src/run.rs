@@ -182,18 +182,20 @@ pub trait Observer: Sync {
 
 /// Where the cache of stage outputs keeps one entry: what each out held after the stage ran.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct CacheEntry {
-    outs: Vec<CachedOut>,
+pub(crate) struct CacheEntry {
+    pub(crate) outs: Vec<CachedOut>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct CachedOut {
-    path: String,
-    kind: EntryKind,
-    digest: Digest,
+pub(crate) struct CachedOut {
+    pub(crate) path: String,
+    pub(crate) kind: EntryKind,
+    pub(crate) digest: Digest,
 }
 
-const RUN_CACHE: &str = "stage-cache";
+pub(crate) const RUN_CACHE: &str = "stage-cache";
+/// Where folder outs keep their list of files.
+pub(crate) const TREES: &str = "trees";
 
 /// Runs the pipeline.
 pub fn run(
@@ -203,6 +205,7 @@ pub fn run(
     observer: &dyn Observer,
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
+    let _lock = workspace.lock_for_run()?;
     let selected = select_stages(project, &options.models)?;
     let models: Vec<&Model> = project
         .models
@@ -843,7 +846,7 @@ fn save_out(out: &RelPath, digest: &PathDigest, context: &StageContext<'_>) -> R
             let bytes = serde_json::to_vec(tree).map_err(|e| e.to_string())?;
             context
                 .store
-                .write_ref("trees", &digest.digest.to_hex(), &bytes)
+                .write_ref(TREES, &digest.digest.to_hex(), &bytes)
                 .map_err(|e| e.to_string())
         }
     }
@@ -865,7 +868,7 @@ fn restore(entry: &CacheEntry, context: &StageContext<'_>) -> Result<(), String>
             EntryKind::Dir => {
                 let bytes = context
                     .store
-                    .read_ref("trees", &out.digest.to_hex())
+                    .read_ref(TREES, &out.digest.to_hex())
                     .map_err(|e| e.to_string())?
                     .ok_or("tree is missing")?;
                 let tree: Tree = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;

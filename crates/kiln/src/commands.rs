@@ -63,6 +63,9 @@ fn hint_for(error: &anyhow::Error) -> Option<String> {
     if let Some(kiln_pipeline::Error::PythonEnv(env)) = error.downcast_ref() {
         return env.hint();
     }
+    if let Some(kiln_pipeline::Error::Busy) = error.downcast_ref() {
+        return Some("wait for it to finish, or stop it (Ctrl-C) before starting another".into());
+    }
     if let Some(kiln_pipeline::Error::UnknownParam { .. }) = error.downcast_ref() {
         return Some("`--set` takes a key of the params file, e.g. `--set train.C=0.5`".into());
     }

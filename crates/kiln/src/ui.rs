@@ -122,7 +122,7 @@ impl Observer for Progress {
                     .get(&id.to_string())
                 {
                     bar.set_style(
-                        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                        ProgressStyle::with_template("  {spinner} {msg} {elapsed}")
                             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                     );
                     bar.set_message(format!("{id}  running"));

@@ -2,4 +2,6 @@
 
 mod check;
 mod common;
+mod example;
+mod formats;
 mod run;

@@ -423,3 +423,28 @@ fn process_running(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+#[test]
+fn a_second_concurrent_run_is_refused() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      slow: {cmd: 'touch started && sleep 2 && echo x > out.txt', outs: [out.txt]}\n",
+    );
+    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .arg("run")
+        .current_dir(project.root())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !project.path("started").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = project.kiln(&["run"]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("another `kiln run` is running in this project"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(first.wait().unwrap().success());
+}

@@ -1,0 +1,170 @@
+//! A model's artifact as its latest green run produced it, taken from the store (not from the
+//! workspace, which may have changed since) and laid out under `.kiln/artifacts/` for serving.
+
+use std::path::PathBuf;
+
+use kiln_registry::{RunId, Status};
+use kiln_spec::{Project, RelPath};
+use kiln_store::{Digest, EntryKind, Tree};
+
+use crate::Error;
+use crate::run::{CacheEntry, RUN_CACHE, TREES};
+use crate::workspace::Workspace;
+
+/// A model's artifact from one run.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub model: String,
+    pub run: RunId,
+    pub digest: Digest,
+    /// The artifact, materialised: a file or a folder.
+    pub path: PathBuf,
+}
+
+/// Runs searched for a green one, newest first.
+const RUNS_SEARCHED: usize = 500;
+
+/// The artifact of the newest succeeded run of `model`.
+pub fn latest_artifact(
+    workspace: &Workspace,
+    project: &Project,
+    model: &str,
+) -> Result<Artifact, Error> {
+    let declared = project.model(model).ok_or_else(|| Error::UnknownModel {
+        name: model.to_string(),
+        known: project
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })?;
+    let artifact = declared.artifact.clone().ok_or_else(|| {
+        Error::Artifact(format!(
+            "model `{model}` declares no `artifact` in `{}`",
+            project.file.display()
+        ))
+    })?;
+    let run = workspace
+        .registry
+        .runs(Some(model), RUNS_SEARCHED)?
+        .into_iter()
+        .find(|run| run.status == Status::Succeeded)
+        .ok_or_else(|| {
+            Error::Artifact(format!(
+                "model `{model}` has no succeeded run yet: run `kiln run {model}` first"
+            ))
+        })?;
+    let detail = workspace.registry.run(run.id)?;
+    for stage in &detail.stages {
+        let Some(key) = &stage.cache_key else {
+            continue;
+        };
+        let Some(bytes) = workspace.store.read_ref(RUN_CACHE, key)? else {
+            continue;
+        };
+        let Ok(entry) = serde_json::from_slice::<CacheEntry>(&bytes) else {
+            continue;
+        };
+        for out in &entry.outs {
+            let Some(out_path) = RelPath::resolve(&RelPath::root(), &out.path) else {
+                continue;
+            };
+            if !artifact.is_within(&out_path) {
+                continue;
+            }
+            return materialise(
+                workspace, model, run.id, &artifact, &out_path, out.kind, out.digest,
+            );
+        }
+    }
+    Err(Error::Artifact(format!(
+        "run {} of model `{model}` recorded no out holding `{artifact}`",
+        run.id
+    )))
+}
+
+fn materialise(
+    workspace: &Workspace,
+    model: &str,
+    run: RunId,
+    artifact: &RelPath,
+    out: &RelPath,
+    kind: EntryKind,
+    digest: Digest,
+) -> Result<Artifact, Error> {
+    let name = artifact
+        .as_str()
+        .rsplit('/')
+        .next()
+        .unwrap_or("artifact")
+        .to_string();
+    let files: Vec<(String, Digest, bool)> = match kind {
+        EntryKind::File => vec![(String::new(), digest, false)],
+        EntryKind::Dir => {
+            let bytes = workspace
+                .store
+                .read_ref(TREES, &digest.to_hex())?
+                .ok_or_else(|| {
+                    Error::Artifact(format!(
+                        "the file list of `{out}` is missing from the store"
+                    ))
+                })?;
+            let tree: Tree = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Artifact(format!("the file list of `{out}` is damaged: {e}"))
+            })?;
+            // The artifact may be the whole folder or a part of it.
+            let inner = artifact
+                .as_str()
+                .strip_prefix(out.as_str())
+                .unwrap_or("")
+                .trim_start_matches('/')
+                .to_string();
+            tree.entries
+                .into_iter()
+                .filter_map(|e| {
+                    if inner.is_empty() {
+                        Some((e.path, e.digest, e.executable))
+                    } else if e.path == inner {
+                        Some((String::new(), e.digest, e.executable))
+                    } else {
+                        e.path
+                            .strip_prefix(&format!("{inner}/"))
+                            .map(|rest| (rest.to_string(), e.digest, e.executable))
+                    }
+                })
+                .collect()
+        }
+    };
+    let single_file = files.len() == 1 && files[0].0.is_empty();
+    let identity = if single_file { files[0].1 } else { digest };
+    let path = workspace
+        .state_dir
+        .join("artifacts")
+        .join(identity.to_hex())
+        .join(&name);
+    let complete = workspace
+        .state_dir
+        .join("artifacts")
+        .join(identity.to_hex())
+        .join(".complete");
+    if !complete.exists() {
+        for (relative, file_digest, executable) in &files {
+            let target = if relative.is_empty() {
+                path.clone()
+            } else {
+                path.join(relative)
+            };
+            workspace
+                .store
+                .restore_file(file_digest, &target, *executable)?;
+        }
+        std::fs::write(&complete, b"").map_err(|source| Error::io("write", &complete, source))?;
+    }
+    Ok(Artifact {
+        model: model.to_string(),
+        run,
+        digest: identity,
+        path,
+    })
+}
