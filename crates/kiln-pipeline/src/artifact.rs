@@ -30,15 +30,9 @@ pub fn latest_artifact(
     project: &Project,
     model: &str,
 ) -> Result<Artifact, Error> {
-    let declared = project.model(model).ok_or_else(|| Error::UnknownModel {
-        name: model.to_string(),
-        known: project
-            .models
-            .iter()
-            .map(|m| m.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-    })?;
+    let declared = project
+        .model(model)
+        .ok_or_else(|| Error::unknown_model(project, model))?;
     let artifact = declared.artifact.clone().ok_or_else(|| {
         Error::Artifact(format!(
             "model `{model}` declares no `artifact` in `{}`",

@@ -60,6 +60,14 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn unknown_model(project: &kiln_spec::Project, name: &str) -> Error {
+        let known: Vec<&str> = project.models.iter().map(|m| m.name.as_str()).collect();
+        Error::UnknownModel {
+            name: name.to_string(),
+            known: known.join(", "),
+        }
+    }
+
     pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Error {
         Error::Io {
             action,

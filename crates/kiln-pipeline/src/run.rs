@@ -109,6 +109,19 @@ pub struct StageReport {
     pub checks: Vec<CheckResult>,
 }
 
+impl StageReport {
+    fn not_run(id: &StageId) -> StageReport {
+        StageReport {
+            id: id.clone(),
+            outcome: Outcome::NotRun,
+            duration: Duration::ZERO,
+            log: None,
+            key: None,
+            checks: Vec::new(),
+        }
+    }
+}
+
 /// One gate's verdict with the values it read.
 #[derive(Debug, Clone)]
 pub struct GateReport {
@@ -416,15 +429,7 @@ pub fn run(
 pub fn select_stages(project: &Project, models: &[String]) -> Result<Vec<StageId>, Error> {
     for name in models {
         if project.model(name).is_none() {
-            return Err(Error::UnknownModel {
-                name: name.clone(),
-                known: project
-                    .models
-                    .iter()
-                    .map(|m| m.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            return Err(Error::unknown_model(project, name));
         }
     }
     let upstream = kiln_spec::upstream(project);
@@ -528,14 +533,7 @@ fn schedule(
                     .any(|u| reports.get(*u).is_some_and(|r| !r.outcome.succeeded()))
                 {
                     pending.remove(index);
-                    let report = StageReport {
-                        id: id.clone(),
-                        outcome: Outcome::NotRun,
-                        duration: Duration::ZERO,
-                        log: None,
-                        key: None,
-                        checks: Vec::new(),
-                    };
+                    let report = StageReport::not_run(id);
                     observer.on_event(Event::StageFinished { report: &report });
                     reports.insert(id.clone(), report);
                     continue;
@@ -581,14 +579,7 @@ fn schedule(
         }
     });
     for id in pending {
-        let report = StageReport {
-            id: id.clone(),
-            outcome: Outcome::NotRun,
-            duration: Duration::ZERO,
-            log: None,
-            key: None,
-            checks: Vec::new(),
-        };
+        let report = StageReport::not_run(id);
         observer.on_event(Event::StageFinished { report: &report });
         reports.insert(id.clone(), report);
     }
@@ -640,14 +631,7 @@ fn signal_group(group: u32, signal: i32) {
 /// Computes a stage's inputs and key, then skips, restores or runs it.
 fn run_stage(stage: &Stage, context: &StageContext<'_>) -> (StageReport, Option<StageInputs>) {
     let started = Instant::now();
-    let mut report = StageReport {
-        id: stage.id.clone(),
-        outcome: Outcome::NotRun,
-        duration: Duration::ZERO,
-        log: None,
-        key: None,
-        checks: Vec::new(),
-    };
+    let mut report = StageReport::not_run(&stage.id);
     let inputs = match stage_inputs(stage, context) {
         Ok(inputs) => inputs,
         Err(message) => {

@@ -106,22 +106,7 @@ pub(crate) fn model_name_for(root: &Path) -> String {
                 .map(|name| name.to_string_lossy().into_owned())
         })
         .unwrap_or_default();
-    let cleaned: String = folder
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let trimmed = cleaned.trim_start_matches(['.', '-']).trim_end_matches('-');
-    if trimmed.is_empty() {
-        "default".to_string()
-    } else {
-        trimmed.to_string()
-    }
+    crate::project::name_from_folder(&folder, "default")
 }
 
 /// `params.yaml` at the root, read once for every stage.

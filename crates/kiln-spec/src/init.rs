@@ -156,22 +156,7 @@ fn find_model(root: &Path, dir: &str, name: String, up: &'static str) -> Option<
 
 /// A model name from a folder name: letters, digits, `_`, `-` and `.`.
 fn name_from(folder: &str) -> String {
-    let cleaned: String = folder
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let trimmed = cleaned.trim_start_matches(['.', '-']).trim_end_matches('-');
-    if trimmed.is_empty() {
-        "model".to_string()
-    } else {
-        trimmed.to_string()
-    }
+    crate::project::name_from_folder(folder, "model")
 }
 
 /// `text` as a YAML scalar: plain when that reads back as the same string, quoted otherwise.

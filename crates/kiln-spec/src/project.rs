@@ -132,6 +132,27 @@ pub struct Gate {
     pub location: Option<Location>,
 }
 
+/// A model name made from a folder name: letters, digits, `_`, `-` and `.`, anything else
+/// becoming `-`; `fallback` when nothing is left.
+pub(crate) fn name_from_folder(folder: &str, fallback: &str) -> String {
+    let cleaned: String = folder
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim_start_matches(['.', '-']).trim_end_matches('-');
+    if trimmed.is_empty() {
+        fallback.to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
 /// A normalised path relative to the project root, with `/` separators and no `.` or `..`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RelPath(String);
