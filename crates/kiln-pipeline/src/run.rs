@@ -16,6 +16,7 @@ use kiln_spec::gate::{Lookup, Verdict, is_reference};
 use kiln_spec::values::{FlatValues, read_flat};
 use kiln_spec::{Model, Project, RelPath, Stage, StageId};
 use kiln_store::{Digest, EntryKind, Store, Tree};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::hashing::{PathDigest, StatCache, hash_path};
@@ -233,7 +234,15 @@ pub fn run(
             model_params(&project.root, model, &options.overrides)?,
         );
     }
-    let (commit, dirty) = git_state(&project.root);
+    // git stats every tracked file: let it run while the stages do.
+    let git_check = {
+        let root = project.root.clone();
+        std::thread::spawn(move || {
+            let commit = git_commit(&root);
+            let dirty = commit.is_some() && git_dirty(&root);
+            (commit, dirty)
+        })
+    };
     let overrides: serde_json::Value = options
         .overrides
         .iter()
@@ -250,8 +259,6 @@ pub fn run(
     for model in &models {
         let id = workspace.registry.start_run(&NewRun {
             model: model.name.clone(),
-            commit: commit.clone(),
-            dirty,
             params: flat_json(&params[&model.name]),
             overrides: overrides.clone(),
         })?;
@@ -288,6 +295,7 @@ pub fn run(
         root: &project.root,
         store: &workspace.store,
         stat_cache: &workspace.stat_cache,
+        source_digests: hash_source_deps(project, &selected, &workspace.stat_cache),
         environments: &environments,
         params: &params,
         params_files: &params_files,
@@ -309,6 +317,7 @@ pub fn run(
     );
     let _ = workspace.stat_cache.save();
 
+    let (commit, dirty) = git_check.join().unwrap_or((None, false));
     let cancelled = options.cancel.load(Ordering::SeqCst);
     let mut failure: Option<FailureKind> = None;
     let mut note = |kind: FailureKind| failure = Some(failure.map_or(kind, |f| f.min(kind)));
@@ -401,6 +410,7 @@ pub fn run(
             run_id,
             &RunOutcome {
                 status,
+                git: Some((commit.as_deref(), dirty)),
                 message: message.as_deref(),
                 stages: &stage_results,
                 metrics: &metrics,
@@ -488,6 +498,7 @@ struct StageContext<'a> {
     root: &'a Path,
     store: &'a Store,
     stat_cache: &'a StatCache,
+    source_digests: DepDigests,
     environments: &'a HashMap<String, PythonEnvironment>,
     params: &'a HashMap<String, FlatValues>,
     params_files: &'a HashMap<String, PathBuf>,
@@ -650,19 +661,54 @@ fn run_stage(stage: &Stage, context: &StageContext<'_>) -> (StageReport, Option<
     (report, Some(inputs))
 }
 
-/// The inputs of a stage as they are now in the workspace.
+/// Digests of deps, by path (`None`: the dep does not exist).
+pub(crate) type DepDigests = HashMap<RelPath, Option<Digest>>;
+
+/// Hashes, all at once and on every core, the deps that no stage writes: they cannot change
+/// during the run, and hashing them together keeps both cores busy even when the stages form a
+/// chain (each stage would otherwise wait for the one before to hash its own deps).
+pub(crate) fn hash_source_deps(
+    project: &Project,
+    stages: &[StageId],
+    stat_cache: &StatCache,
+) -> DepDigests {
+    let produced: Vec<&RelPath> = project.stages().flat_map(|s| &s.outs).collect();
+    let mut sources: Vec<&RelPath> = stages
+        .iter()
+        .filter_map(|id| project.stage(id))
+        .flat_map(|s| &s.deps)
+        .filter(|dep| !produced.iter().any(|out| dep.overlaps(out)))
+        .collect();
+    sources.sort();
+    sources.dedup();
+    sources
+        .par_iter()
+        .filter_map(|dep| {
+            // An unreadable dep is left out, so that the stage reports the error itself.
+            let digest = hash_path(&project.root, dep, stat_cache).ok()?;
+            Some(((*dep).clone(), digest.map(|d| d.digest)))
+        })
+        .collect()
+}
+
+/// The inputs of a stage as they are now in the workspace; deps in `known` are not hashed again.
 pub(crate) fn stage_inputs_now(
     stage: &Stage,
     root: &Path,
     stat_cache: &StatCache,
+    known: &DepDigests,
     python: Option<String>,
     params: &FlatValues,
 ) -> Result<StageInputs, String> {
     let mut deps = Vec::new();
     for dep in &stage.deps {
-        let digest = hash_path(root, dep, stat_cache)
-            .map_err(|e| format!("cannot hash dep `{dep}`: {e}"))?;
-        deps.push((dep.clone(), digest.map(|d| d.digest)));
+        let digest = match known.get(dep) {
+            Some(digest) => *digest,
+            None => hash_path(root, dep, stat_cache)
+                .map_err(|e| format!("cannot hash dep `{dep}`: {e}"))?
+                .map(|d| d.digest),
+        };
+        deps.push((dep.clone(), digest));
     }
     Ok(StageInputs::new(stage, python, deps, params))
 }
@@ -674,7 +720,14 @@ fn stage_inputs(stage: &Stage, context: &StageContext<'_>) -> Result<StageInputs
         .map(|env| env.key.clone());
     let empty = FlatValues::new();
     let params = context.params.get(&stage.id.model).unwrap_or(&empty);
-    stage_inputs_now(stage, context.root, context.stat_cache, python, params)
+    stage_inputs_now(
+        stage,
+        context.root,
+        context.stat_cache,
+        &context.source_digests,
+        python,
+        params,
+    )
 }
 
 fn execute(
@@ -1009,20 +1062,28 @@ fn evaluate_gates(
         .collect()
 }
 
-/// The commit of the project's git checkout, and whether its tree has uncommitted changes.
-pub fn git_state(root: &Path) -> (Option<String>, bool) {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(root)
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let commit = git(&["rev-parse", "HEAD"]);
-    let dirty = commit.is_some()
-        && git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    (commit, dirty)
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    Command::new("git")
+        .args(args)
+        .current_dir(root)
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// The commit checked out in the project's git repository (`None` outside one). Outside a
+/// repository no `git` process is started: its start-up alone is a good part of a no-op run.
+pub fn git_commit(root: &Path) -> Option<String> {
+    let in_repository = root.ancestors().any(|dir| dir.join(".git").exists());
+    if !in_repository {
+        return None;
+    }
+    git(root, &["rev-parse", "HEAD"])
+}
+
+/// Whether tracked files have uncommitted changes.
+pub fn git_dirty(root: &Path) -> bool {
+    git(root, &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty())
 }

@@ -8,7 +8,7 @@ use kiln_spec::{Project, StageId};
 use crate::Error;
 use crate::params::model_params;
 use crate::python_env::{EnvOptions, requirements_key};
-use crate::run::{select_stages, stage_inputs_now};
+use crate::run::{hash_source_deps, select_stages, stage_inputs_now};
 use crate::workspace::Workspace;
 
 /// The state of one stage.
@@ -44,6 +44,7 @@ pub fn status(
         };
         python.insert(&model.name, key);
     }
+    let sources = hash_source_deps(project, &selected, &workspace.stat_cache);
     let mut result: BTreeMap<StageId, StageStatus> = BTreeMap::new();
     let mut ordered = Vec::new();
     for id in &selected {
@@ -52,6 +53,7 @@ pub fn status(
             stage,
             &project.root,
             &workspace.stat_cache,
+            &sources,
             python[id.model.as_str()].clone(),
             &params[id.model.as_str()],
         )

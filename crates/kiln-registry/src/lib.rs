@@ -69,8 +69,6 @@ impl Status {
 #[derive(Debug, Clone)]
 pub struct NewRun {
     pub model: String,
-    pub commit: Option<String>,
-    pub dirty: bool,
     /// Param values the run used, as a JSON object of dotted keys.
     pub params: serde_json::Value,
     /// `--set` overrides, as a JSON object.
@@ -129,6 +127,9 @@ pub struct GateResult {
 #[derive(Debug, Clone, Copy)]
 pub struct RunOutcome<'a> {
     pub status: Status,
+    /// The git state, when it was found out after the start: the commit checked out, and
+    /// whether tracked files had uncommitted changes.
+    pub git: Option<(Option<&'a str>, bool)>,
     /// Why it failed, in one line.
     pub message: Option<&'a str>,
     pub stages: &'a [StageResult],
@@ -142,6 +143,7 @@ impl RunOutcome<'_> {
     pub fn bare(status: Status, message: Option<&str>) -> RunOutcome<'_> {
         RunOutcome {
             status,
+            git: None,
             message,
             stages: &[],
             metrics: &[],
@@ -298,12 +300,10 @@ impl Registry {
 
     pub fn start_run(&mut self, run: &NewRun) -> Result<RunId, Error> {
         self.connection.execute(
-            "INSERT INTO runs (model, status, commit_sha, dirty, started_at_ms, params, overrides, pid)
-             VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO runs (model, status, dirty, started_at_ms, params, overrides, pid)
+             VALUES (?1, 'running', 0, ?2, ?3, ?4, ?5)",
             params![
                 run.model,
-                run.commit,
-                run.dirty,
                 now_ms(),
                 run.params.to_string(),
                 run.overrides.to_string(),
@@ -317,6 +317,7 @@ impl Registry {
     pub fn finish_run(&mut self, id: RunId, outcome: &RunOutcome<'_>) -> Result<(), Error> {
         let RunOutcome {
             status,
+            git,
             message,
             stages,
             metrics,
@@ -371,6 +372,12 @@ impl Registry {
             transaction.execute(
                 "INSERT INTO gate_results VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![id, position as i64, gate.expr, gate.verdict, gate.detail],
+            )?;
+        }
+        if let Some((commit, dirty)) = git {
+            transaction.execute(
+                "UPDATE runs SET commit_sha = ?2, dirty = ?3 WHERE id = ?1",
+                params![id, commit, dirty],
             )?;
         }
         transaction.execute(
@@ -538,8 +545,6 @@ mod tests {
     fn new_run() -> NewRun {
         NewRun {
             model: "iris".into(),
-            commit: Some("abc".into()),
-            dirty: false,
             params: json!({"train.C": 1.0}),
             overrides: json!({}),
         }
@@ -568,6 +573,7 @@ mod tests {
                 id,
                 &RunOutcome {
                     status: Status::Succeeded,
+                    git: Some((Some("def"), true)),
                     message: None,
                     stages: std::slice::from_ref(&stage),
                     metrics: &[("accuracy".into(), 0.95)],
@@ -578,6 +584,10 @@ mod tests {
             .unwrap();
         let detail = registry.run(id).unwrap();
         assert_eq!(detail.run.status, Status::Succeeded);
+        assert_eq!(
+            (detail.run.commit.as_deref(), detail.run.dirty),
+            (Some("def"), true)
+        );
         assert_eq!(detail.stages, vec![stage]);
         assert_eq!(detail.gates, vec![gate]);
         assert_eq!(detail.metrics, vec![("accuracy".to_string(), 0.95)]);

@@ -18,10 +18,26 @@ impl Digest {
         blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
 
+    /// Parses 64 hex digits (either case). Hand-written because stat caches parse thousands of
+    /// digests on every run.
     pub fn from_hex(hex: &str) -> Option<Digest> {
-        blake3::Hash::from_hex(hex)
-            .ok()
-            .map(|hash| Digest(*hash.as_bytes()))
+        fn nibble(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                b'A'..=b'F' => Some(c - b'A' + 10),
+                _ => None,
+            }
+        }
+        let hex = hex.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(Digest(bytes))
     }
 
     /// The first 12 hex digits, for people.
@@ -91,5 +107,22 @@ fn hash_into(reader: &mut impl Read, hasher: &mut blake3::Hasher) -> io::Result<
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_rejects_garbage() {
+        let digest = Digest::of_bytes(b"kiln");
+        assert_eq!(Digest::from_hex(&digest.to_hex()), Some(digest));
+        assert_eq!(
+            Digest::from_hex(&digest.to_hex().to_uppercase()),
+            Some(digest)
+        );
+        assert_eq!(Digest::from_hex("abc"), None);
+        assert_eq!(Digest::from_hex(&"g".repeat(64)), None);
     }
 }
