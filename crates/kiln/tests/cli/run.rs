@@ -448,3 +448,45 @@ fn a_second_concurrent_run_is_refused() {
     );
     assert!(first.wait().unwrap().success());
 }
+
+#[test]
+fn runs_record_the_git_commit_and_a_dirty_tree() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a: {cmd: cp in.txt a.txt, deps: [in.txt], outs: [a.txt]}\n",
+    );
+    project.write("in.txt", "1\n");
+    project.write(".gitignore", ".kiln/\na.txt\n");
+    let git = |args: &[&str]| {
+        let status = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(project.root())
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        String::from_utf8_lossy(&status.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "first"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    run_ok(&project, &[]);
+    project.write("in.txt", "2\n");
+    run_ok(&project, &[]);
+    let runs: serde_json::Value =
+        serde_json::from_str(&stdout(&project.kiln(&["runs", "--json"]))).unwrap();
+    assert_eq!(runs[1]["commit"], serde_json::json!(head));
+    assert_eq!(runs[1]["dirty"], serde_json::json!(false));
+    assert_eq!(runs[0]["dirty"], serde_json::json!(true));
+}
