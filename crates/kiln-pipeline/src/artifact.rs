@@ -8,7 +8,7 @@ use kiln_spec::{Project, RelPath};
 use kiln_store::{Digest, EntryKind, Tree};
 
 use crate::Error;
-use crate::run::{CacheEntry, RUN_CACHE, TREES};
+use crate::stage::{CacheEntry, RUN_CACHE, TREES};
 use crate::workspace::Workspace;
 
 /// A model's artifact from one run.

@@ -7,11 +7,14 @@
 
 pub mod artifact;
 pub mod checks;
+pub mod gates;
+pub mod git;
 pub mod hashing;
 pub mod inputs;
 pub mod params;
 pub mod python_env;
 pub mod run;
+pub mod stage;
 pub mod status;
 pub mod workspace;
 

@@ -8,7 +8,8 @@ use kiln_spec::{Project, StageId};
 use crate::Error;
 use crate::params::model_params;
 use crate::python_env::{EnvOptions, requirements_key};
-use crate::run::{hash_source_deps, select_stages, stage_inputs_now};
+use crate::run::select_stages;
+use crate::stage::{hash_source_deps, stage_inputs_now};
 use crate::workspace::Workspace;
 
 /// The state of one stage.

@@ -1,0 +1,104 @@
+//! After the stages: the model's metrics, read from its metrics files, and its gates judged
+//! against them (and against the previous run's metrics for `previous.NAME`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use kiln_spec::Model;
+use kiln_spec::gate::{Lookup, Verdict, is_reference};
+use kiln_spec::values::read_flat;
+
+/// One gate's verdict with the values it read.
+#[derive(Debug, Clone)]
+pub struct GateReport {
+    pub text: String,
+    pub verdict: Verdict,
+    pub values: Vec<(String, Option<f64>)>,
+}
+
+impl GateReport {
+    pub fn detail(&self) -> String {
+        match &self.verdict {
+            Verdict::Skipped(reason) => reason.clone(),
+            Verdict::UnknownMetric(name) => format!("no metric `{name}` in this run"),
+            _ => self
+                .values
+                .iter()
+                .map(|(name, value)| match value {
+                    Some(v) => format!("{name}={v}"),
+                    None => format!("{name}=?"),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+/// Reads the model's metrics files: numeric leaves, flattened with dots.
+pub(crate) fn read_metrics(root: &Path, model: &Model) -> Vec<(String, f64)> {
+    let mut metrics = BTreeMap::new();
+    for stage in &model.stages {
+        for file in &stage.metrics {
+            if let Ok(values) = read_flat(&file.to_path(root)) {
+                for (key, value) in values {
+                    if let Some(number) = value.as_number() {
+                        metrics.insert(key, number);
+                    }
+                }
+            }
+        }
+    }
+    metrics.into_iter().collect()
+}
+
+pub(crate) fn evaluate_gates(
+    model: &Model,
+    metrics: &[(String, f64)],
+    previous: Option<&Vec<(String, f64)>>,
+) -> Vec<GateReport> {
+    let lookup = |name: &str| -> Lookup {
+        if let Some(metric) = name.strip_prefix("previous.") {
+            return match previous {
+                None => Lookup::Unavailable(format!(
+                    "model `{}` has no previous run with metrics",
+                    model.name
+                )),
+                Some(values) => values
+                    .iter()
+                    .find(|(k, _)| k == metric)
+                    .map_or(Lookup::Unknown, |(_, v)| Lookup::Value(*v)),
+            };
+        }
+        if is_reference(name) {
+            let alias = name.split('.').next().unwrap_or_default();
+            return Lookup::Unavailable(format!(
+                "no version of model `{}` is in `{alias}` yet",
+                model.name
+            ));
+        }
+        metrics
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or(Lookup::Unknown, |(_, v)| Lookup::Value(*v))
+    };
+    model
+        .gates
+        .iter()
+        .map(|gate| GateReport {
+            text: gate.text.clone(),
+            verdict: gate.expr.verdict(&lookup),
+            values: gate
+                .expr
+                .names()
+                .into_iter()
+                .map(|name| {
+                    let value = match lookup(name) {
+                        Lookup::Value(v) => Some(v),
+                        _ => None,
+                    };
+                    (name.to_string(), value)
+                })
+                .collect(),
+        })
+        .collect()
+}

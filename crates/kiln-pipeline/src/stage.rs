@@ -1,0 +1,414 @@
+//! One stage: its inputs and cache key, and then skip (outs intact), restore (outs from the
+//! store) or run (the command, in its own process group), store the outs, check the data, and
+//! write the stage-cache entry last.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use kiln_registry::CheckResult;
+use kiln_spec::values::FlatValues;
+use kiln_spec::{Project, RelPath, Stage, StageId};
+use kiln_store::{Digest, EntryKind, Store, Tree};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::checks;
+use crate::hashing::{PathDigest, StatCache, hash_path};
+use crate::inputs::StageInputs;
+use crate::python_env::PythonEnvironment;
+use crate::run::{Failure, Outcome, StageReport};
+
+/// What every stage of a run shares.
+pub(crate) struct StageContext<'a> {
+    pub(crate) root: &'a Path,
+    pub(crate) store: &'a Store,
+    pub(crate) stat_cache: &'a StatCache,
+    pub(crate) source_digests: DepDigests,
+    pub(crate) environments: &'a HashMap<String, PythonEnvironment>,
+    pub(crate) params: &'a HashMap<String, FlatValues>,
+    pub(crate) params_files: &'a HashMap<String, PathBuf>,
+    pub(crate) force: bool,
+    pub(crate) cancel: &'a AtomicBool,
+    /// Process groups of running commands, to stop them on cancel.
+    pub(crate) running: Mutex<HashMap<StageId, u32>>,
+    pub(crate) log_dirs: HashMap<String, PathBuf>,
+}
+
+/// Computes a stage's inputs and key, then skips, restores or runs it.
+pub(crate) fn run_stage(
+    stage: &Stage,
+    context: &StageContext<'_>,
+) -> (StageReport, Option<StageInputs>) {
+    let started = Instant::now();
+    let mut report = StageReport::not_run(&stage.id);
+    let inputs = match stage_inputs(stage, context) {
+        Ok(inputs) => inputs,
+        Err(message) => {
+            report.outcome = Outcome::Failed(Failure::Internal(message));
+            report.duration = started.elapsed();
+            return (report, None);
+        }
+    };
+    let key = inputs.key();
+    report.key = Some(key);
+    report.outcome = match execute(stage, &key, context, &mut report) {
+        Ok(outcome) => outcome,
+        Err(message) => Outcome::Failed(Failure::Internal(message)),
+    };
+    report.duration = started.elapsed();
+    (report, Some(inputs))
+}
+
+/// Where the cache of stage outputs keeps one entry: what each out held after the stage ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CacheEntry {
+    pub(crate) outs: Vec<CachedOut>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CachedOut {
+    pub(crate) path: String,
+    pub(crate) kind: EntryKind,
+    pub(crate) digest: Digest,
+}
+
+pub(crate) const RUN_CACHE: &str = "stage-cache";
+/// Where folder outs keep their list of files.
+pub(crate) const TREES: &str = "trees";
+
+/// Digests of deps, by path (`None`: the dep does not exist).
+pub(crate) type DepDigests = HashMap<RelPath, Option<Digest>>;
+
+/// Hashes, all at once and on every core, the deps that no stage writes: they cannot change
+/// during the run, and hashing them together keeps both cores busy even when the stages form a
+/// chain (each stage would otherwise wait for the one before to hash its own deps).
+pub(crate) fn hash_source_deps(
+    project: &Project,
+    stages: &[StageId],
+    stat_cache: &StatCache,
+) -> DepDigests {
+    let produced: Vec<&RelPath> = project.stages().flat_map(|s| &s.outs).collect();
+    let mut sources: Vec<&RelPath> = stages
+        .iter()
+        .filter_map(|id| project.stage(id))
+        .flat_map(|s| &s.deps)
+        .filter(|dep| !produced.iter().any(|out| dep.overlaps(out)))
+        .collect();
+    sources.sort();
+    sources.dedup();
+    sources
+        .par_iter()
+        .filter_map(|dep| {
+            // An unreadable dep is left out, so that the stage reports the error itself.
+            let digest = hash_path(&project.root, dep, stat_cache).ok()?;
+            Some(((*dep).clone(), digest.map(|d| d.digest)))
+        })
+        .collect()
+}
+
+/// The inputs of a stage as they are now in the workspace; deps in `known` are not hashed again.
+pub(crate) fn stage_inputs_now(
+    stage: &Stage,
+    root: &Path,
+    stat_cache: &StatCache,
+    known: &DepDigests,
+    python: Option<String>,
+    params: &FlatValues,
+) -> Result<StageInputs, String> {
+    let mut deps = Vec::new();
+    for dep in &stage.deps {
+        let digest = match known.get(dep) {
+            Some(digest) => *digest,
+            None => hash_path(root, dep, stat_cache)
+                .map_err(|e| format!("cannot hash dep `{dep}`: {e}"))?
+                .map(|d| d.digest),
+        };
+        deps.push((dep.clone(), digest));
+    }
+    Ok(StageInputs::new(stage, python, deps, params))
+}
+
+fn stage_inputs(stage: &Stage, context: &StageContext<'_>) -> Result<StageInputs, String> {
+    let python = context
+        .environments
+        .get(&stage.id.model)
+        .map(|env| env.key.clone());
+    let empty = FlatValues::new();
+    let params = context.params.get(&stage.id.model).unwrap_or(&empty);
+    stage_inputs_now(
+        stage,
+        context.root,
+        context.stat_cache,
+        &context.source_digests,
+        python,
+        params,
+    )
+}
+
+fn execute(
+    stage: &Stage,
+    key: &Digest,
+    context: &StageContext<'_>,
+    report: &mut StageReport,
+) -> Result<Outcome, String> {
+    let store = context.store;
+    let cached: Option<CacheEntry> = store
+        .read_ref(RUN_CACHE, &key.to_hex())
+        .map_err(|e| e.to_string())?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if let Some(entry) = cached.filter(|_| !context.force) {
+        let mut intact = true;
+        for out in &entry.outs {
+            let path =
+                RelPath::resolve(&RelPath::root(), &out.path).ok_or("bad path in cache entry")?;
+            let current = hash_path(context.root, &path, context.stat_cache)
+                .map_err(|e| format!("cannot hash out `{path}`: {e}"))?;
+            intact &= current.is_some_and(|c| c.digest == out.digest);
+        }
+        if intact {
+            report.checks = run_checks(stage, context.root);
+            return Ok(Outcome::Cached);
+        }
+        if restore(&entry, context).is_ok() {
+            report.checks = run_checks(stage, context.root);
+            return Ok(Outcome::Restored);
+        }
+        // Objects missing from the store: fall through and run the command.
+    }
+
+    // Outs are removed first, so that nothing stale survives and a missing out is noticed.
+    for out in &stage.outs {
+        remove_path(&out.to_path(context.root))
+            .map_err(|e| format!("cannot remove old `{out}`: {e}"))?;
+        if let Some(parent) = out.to_path(context.root).parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
+        }
+    }
+    let log_dir = &context.log_dirs[&stage.id.model];
+    fs::create_dir_all(log_dir)
+        .map_err(|e| format!("cannot create `{}`: {e}", log_dir.display()))?;
+    let log_path = log_dir.join(format!("{}.log", stage.id.stage));
+    report.log = Some(log_path.clone());
+    let code = run_command(stage, context, &log_path)?;
+    if context.cancel.load(Ordering::SeqCst) {
+        return Ok(Outcome::Cancelled);
+    }
+    if code != Some(0) {
+        return Ok(Outcome::Failed(Failure::Exit {
+            code,
+            log_tail: log_tail(&log_path, 20),
+        }));
+    }
+    let mut outs = Vec::new();
+    for out in &stage.outs {
+        let Some(digest) = hash_path(context.root, out, context.stat_cache)
+            .map_err(|e| format!("cannot hash out `{out}`: {e}"))?
+        else {
+            return Ok(Outcome::Failed(Failure::MissingOut(out.clone())));
+        };
+        save_out(out, &digest, context)?;
+        outs.push(CachedOut {
+            path: out.to_string(),
+            kind: digest.kind,
+            digest: digest.digest,
+        });
+    }
+    report.checks = run_checks(stage, context.root);
+    if report.checks.iter().any(|c| !c.passed) {
+        return Ok(Outcome::Failed(Failure::Checks));
+    }
+    // The cache entry is written last: it only ever names outs that are wholly in the store.
+    let entry = serde_json::to_vec(&CacheEntry { outs }).map_err(|e| e.to_string())?;
+    store
+        .write_ref(RUN_CACHE, &key.to_hex(), &entry)
+        .map_err(|e| e.to_string())?;
+    Ok(Outcome::Ran)
+}
+
+fn run_command(
+    stage: &Stage,
+    context: &StageContext<'_>,
+    log_path: &Path,
+) -> Result<Option<i32>, String> {
+    use std::os::unix::process::CommandExt;
+    let log = File::create(log_path)
+        .map_err(|e| format!("cannot create log `{}`: {e}", log_path.display()))?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(&stage.cmd)
+        .current_dir(stage.workdir.to_path(context.root))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0)
+        .envs(&stage.env)
+        .env("KILN_STAGE", &stage.id.stage)
+        .env("KILN_MODEL", &stage.id.model)
+        .env("KILN_PROJECT_ROOT", context.root);
+    if let Some(params) = context.params_files.get(&stage.id.model) {
+        command.env("KILN_PARAMS", params);
+    }
+    if let Some(environment) = context.environments.get(&stage.id.model) {
+        environment.apply(&mut command).map_err(|e| e.to_string())?;
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start `sh -c {}`: {e}", stage.cmd))?;
+    context
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(stage.id.clone(), child.id());
+    let status = child.wait();
+    context
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&stage.id);
+    let status = status.map_err(|e| e.to_string())?;
+    Ok(status.code())
+}
+
+/// The last `lines` lines of a log file.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn save_out(out: &RelPath, digest: &PathDigest, context: &StageContext<'_>) -> Result<(), String> {
+    let absolute = out.to_path(context.root);
+    match &digest.tree {
+        None => context
+            .store
+            .put_file(&absolute, &digest.digest)
+            .map_err(|e| e.to_string()),
+        Some(tree) => {
+            for entry in &tree.entries {
+                context
+                    .store
+                    .put_file(&absolute.join(&entry.path), &entry.digest)
+                    .map_err(|e| e.to_string())?;
+            }
+            let bytes = serde_json::to_vec(tree).map_err(|e| e.to_string())?;
+            context
+                .store
+                .write_ref(TREES, &digest.digest.to_hex(), &bytes)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn restore(entry: &CacheEntry, context: &StageContext<'_>) -> Result<(), String> {
+    // Check that everything is in the store before touching the workspace.
+    let mut plan = Vec::new();
+    for out in &entry.outs {
+        let path =
+            RelPath::resolve(&RelPath::root(), &out.path).ok_or("bad path in cache entry")?;
+        match out.kind {
+            EntryKind::File => {
+                if !context.store.contains(&out.digest) {
+                    return Err(format!("object for `{path}` is missing"));
+                }
+                plan.push((path, None));
+            }
+            EntryKind::Dir => {
+                let bytes = context
+                    .store
+                    .read_ref(TREES, &out.digest.to_hex())
+                    .map_err(|e| e.to_string())?
+                    .ok_or("tree is missing")?;
+                let tree: Tree = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                if tree
+                    .entries
+                    .iter()
+                    .any(|e| !context.store.contains(&e.digest))
+                {
+                    return Err(format!("objects for `{path}` are missing"));
+                }
+                plan.push((path, Some(tree)));
+            }
+        }
+    }
+    for ((path, tree), out) in plan.into_iter().zip(&entry.outs) {
+        let absolute = path.to_path(context.root);
+        match tree {
+            None => {
+                if absolute.is_dir() {
+                    remove_path(&absolute).map_err(|e| e.to_string())?;
+                }
+                context
+                    .store
+                    .restore_file(&out.digest, &absolute, false)
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(tree) => {
+                remove_path(&absolute).map_err(|e| e.to_string())?;
+                for file in &tree.entries {
+                    context
+                        .store
+                        .restore_file(&file.digest, &absolute.join(&file.path), file.executable)
+                        .map_err(|e| e.to_string())?;
+                }
+                fs::create_dir_all(&absolute).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_path(path: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn run_checks(stage: &Stage, root: &Path) -> Vec<CheckResult> {
+    let mut results = Vec::new();
+    for check in &stage.checks {
+        let result = |rule: String, passed: bool, message: String| CheckResult {
+            stage: stage.id.stage.clone(),
+            file: check.file.to_string(),
+            rule,
+            passed,
+            message,
+        };
+        match checks::run_check(root, check) {
+            Ok(report) => results.extend(report.outcomes.into_iter().map(|outcome| {
+                let rule = match &outcome.column {
+                    Some(column) => format!("{column}.{}", rule_name(outcome.rule)),
+                    None => rule_name(outcome.rule).to_string(),
+                };
+                result(rule, outcome.passed, outcome.message)
+            })),
+            Err(error) => results.push(result("readable".into(), false, error.to_string())),
+        }
+    }
+    results
+}
+
+fn rule_name(rule: checks::RuleKind) -> &'static str {
+    use checks::RuleKind;
+    match rule {
+        RuleKind::Rows => "rows",
+        RuleKind::Present => "present",
+        RuleKind::Type => "type",
+        RuleKind::Min => "min",
+        RuleKind::Max => "max",
+        RuleKind::Values => "values",
+        RuleKind::Missing => "missing",
+    }
+}
