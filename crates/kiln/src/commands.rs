@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use kiln_pipeline::python_env::{EnvOptions, ensure_env};
 use kiln_pipeline::run::Failure;
 use kiln_pipeline::{FailureKind, Outcome, Override, RunOptions, StageStatus, Workspace};
 use kiln_registry::Run;
@@ -609,4 +610,94 @@ pub fn metrics(root: &Path, command: MetricsCommand) -> anyhow::Result<ExitCode>
         println!("{key:<30} {:>12} {:>12} {delta:>12}", show(old), show(new));
     }
     Ok(exit::code(exit::SUCCESS))
+}
+
+/// `kiln serve`: a bare model name is this project's model, served as its latest green run
+/// stored it; anything else is a path for the server to load. ONNX Runtime is found as
+/// explicitly given, else in the model's Python environment, else in the default python, else
+/// Kiln installs it once into its cache (see [`managed_onnx_runtime`]).
+pub fn serve(root: &Path, mut args: crate::serve_cmd::ServeArgs) -> anyhow::Result<ExitCode> {
+    let root = std::path::absolute(root)?;
+    let mut model_python = None;
+    if let Some(name) = args.path.clone()
+        && !root.join(&name).exists()
+    {
+        let name = name.to_string_lossy().into_owned();
+        if name.contains('/') {
+            bail!(Usage(format!("`{name}` does not exist")));
+        }
+        let project = load(&root).map_err(|error| match error.downcast_ref::<kiln_spec::Error>() {
+            Some(kiln_spec::Error::NotFound { .. }) => anyhow::Error::new(Usage(format!(
+                "`{name}` is neither a file nor a folder here, and there is no project to find a model `{name}` in"
+            ))),
+            _ => error,
+        })?;
+        let workspace = Workspace::open(&project.root)?;
+        let artifact = kiln_pipeline::latest_artifact(&workspace, &project, &name)?;
+        eprintln!(
+            "serving `{name}` from run {} (artifact {})",
+            artifact.run,
+            artifact.digest.short()
+        );
+        args.path = None;
+        args.models
+            .insert(0, format!("{name}={}", artifact.path.display()));
+        if args.request_log.is_none() {
+            args.request_log = Some(workspace.state_dir.join("requests"));
+        }
+        if let Some(python) = project.model(&name).and_then(|m| m.python.as_ref()) {
+            let options = EnvOptions::from_env()?;
+            let environment = ensure_env(
+                &python.requirements.to_path(&project.root),
+                &options,
+                &mut |line| eprintln!("  {line}"),
+            )?;
+            model_python = Some(environment.python);
+        }
+    }
+    if args.python.is_none() {
+        args.python = model_python;
+    }
+    let serves_onnx = args
+        .path
+        .iter()
+        .map(|p| root.join(p))
+        .chain(
+            args.models
+                .iter()
+                .filter_map(|m| m.split_once('=').map(|(_, p)| root.join(p))),
+        )
+        .any(|p| p.is_file());
+    if serves_onnx
+        && args.ort_lib.is_none()
+        && kiln_serve::ortlib::locate_library(None, args.python.as_deref()).is_err()
+    {
+        match managed_onnx_runtime() {
+            Ok(library) => args.ort_lib = Some(library),
+            Err(error) => {
+                eprintln!("warning: could not install ONNX Runtime into Kiln's cache: {error:#}")
+            }
+        }
+    }
+    crate::serve_cmd::run(args, &root)
+}
+
+/// ONNX Runtime from a Python environment that Kiln builds once in its cache with the
+/// `onnxruntime` wheel, for machines where no environment at hand has it.
+fn managed_onnx_runtime() -> anyhow::Result<PathBuf> {
+    let options = EnvOptions::from_env()?;
+    let requirements = options
+        .cache_root
+        .join("runtime")
+        .join("onnxruntime-requirements.txt");
+    std::fs::create_dir_all(requirements.parent().expect("has a parent"))?;
+    if !requirements.exists() {
+        std::fs::write(&requirements, "onnxruntime\n")?;
+    }
+    eprintln!("installing ONNX Runtime into Kiln's cache (once)...");
+    let environment = ensure_env(&requirements, &options, &mut |line| eprintln!("  {line}"))?;
+    Ok(kiln_serve::ortlib::locate_library(
+        None,
+        Some(&environment.python),
+    )?)
 }

@@ -7,6 +7,7 @@ mod commands;
 mod exit;
 mod init_cmd;
 mod report;
+mod serve_cmd;
 mod ui;
 
 use std::path::PathBuf;
@@ -58,6 +59,18 @@ enum Command {
     /// Compare metrics between runs.
     #[command(subcommand)]
     Metrics(commands::MetricsCommand),
+    /// Serve models over HTTP: Open Inference Protocol v2 and MLflow scoring, metrics, hot swap.
+    #[command(
+        after_help = "MODEL is a model of this project (its latest green run's artifact), an `.onnx`
+file, or a folder with `predict.py`.
+
+Examples:
+  kiln serve iris
+  kiln serve models/iris/model.onnx --port 8080
+  kiln serve --model iris=model.onnx --model churn=models/churn/model
+  curl -s localhost:8080/v2/models/iris/infer -d '{\"inputs\": [...]}'"
+    )]
+    Serve(serve_cmd::ServeArgs),
     /// Write a commented `kiln.yaml` from the repository layout.
     #[command(
         after_help = "Recognises models/<name>/src/{train.py,predict.py,requirements.txt}, data/raw, data/processed.\n\nExamples:\n  kiln init\n  kiln init --force"
@@ -67,6 +80,17 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The server logs through `tracing` (one line per event on stderr; `RUST_LOG` filters).
+fn init_server_logs() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ui::color())
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -88,6 +112,10 @@ fn main() -> ExitCode {
         Command::Runs(args) => commands::runs(&cli.project, args),
         Command::Logs(args) => commands::logs(&cli.project, args),
         Command::Metrics(command) => commands::metrics(&cli.project, command),
+        Command::Serve(args) => {
+            init_server_logs();
+            commands::serve(&cli.project, args)
+        }
         Command::Init { force } => init_cmd::run(&cli.project, force).map(|path| {
             eprintln!("wrote `{path}`: review it, then run `kiln check`");
             exit::code(exit::SUCCESS)

@@ -2,8 +2,12 @@
 //! data checks and gates.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 use crate::common::{kiln_command, outcomes, stderr};
+use crate::serve::{free_port, post, spawn_serve, terminate, wait_listening};
 
 #[test]
 fn the_iris_example_trains_checks_and_gates() {
@@ -54,6 +58,42 @@ fn the_iris_example_trains_checks_and_gates() {
             "train: restored"
         ]
     );
+
+    // `kiln serve iris` serves the model of the latest green run, taken from the store: a
+    // broken model in the workspace does not matter.
+    std::fs::write(dir.path().join("models/iris/model.onnx"), b"garbage").unwrap();
+    let port = free_port();
+    let started = Instant::now();
+    let mut server = spawn_serve(dir.path(), &["iris", "--port", &port.to_string()]);
+    let line = wait_listening(&mut server);
+    assert!(line.contains("(models: iris)"), "{line}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?} to be ready",
+        started.elapsed()
+    );
+    let columns = json!(["sepal_length", "sepal_width", "petal_length", "petal_width"]);
+    let (status, body) = post(
+        port,
+        "/invocations",
+        &json!({"dataframe_split": {"columns": columns, "data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let labels: Vec<&Value> = body["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["label"])
+        .collect();
+    assert_eq!(labels, [&json!(0), &json!(2)]);
+    let (status, body) = post(
+        port,
+        "/v2/models/iris/infer",
+        &json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [6.7, 3.0, 5.2, 2.3]}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_name"], json!("iris"));
+    assert!(terminate(&mut server).success());
 }
 
 fn copy_tree(from: &Path, to: &Path) {

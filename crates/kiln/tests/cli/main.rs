@@ -5,3 +5,4 @@ mod common;
 mod example;
 mod formats;
 mod run;
+mod serve;

@@ -1,0 +1,284 @@
+//! MLflow's scoring protocol: `POST /invocations` with `dataframe_split`, `dataframe_records`, `instances`
+//! or `inputs`, answered with `{"predictions": ...}`.
+
+use serde_json::{Map, Value, json};
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::engine::NamedTensors;
+use crate::protocol::{Table, json_tensor, table_to_inputs};
+use crate::tensor::{Signature, short};
+
+const FORMATS: &str = "`dataframe_split`, `dataframe_records`, `instances` or `inputs`";
+
+/// Decodes a parsed request body into model inputs (not yet checked against the signature).
+pub fn decode(
+    body: &Value,
+    signature: &Signature,
+    allow_nan: bool,
+) -> Result<NamedTensors, ApiError> {
+    let Some(object) = body.as_object() else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the request body must be a JSON object with one of {FORMATS}"),
+        ));
+    };
+    let formats: Vec<&String> = object.keys().filter(|k| k.as_str() != "params").collect();
+    let [format] = formats.as_slice() else {
+        let got = if formats.is_empty() {
+            "none".to_string()
+        } else {
+            formats
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the request body must have exactly one of {FORMATS}, got {got}"),
+        ));
+    };
+    let value = &object[format.as_str()];
+    match format.as_str() {
+        "dataframe_split" => dataframe_split(value, signature, allow_nan),
+        "dataframe_records" => records(value, "dataframe_records", signature, allow_nan),
+        "instances" => instances(value, signature, allow_nan),
+        "inputs" => inputs(value, signature, allow_nan),
+        other => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("unknown input format `{other}`; expected {FORMATS}"),
+        )
+        .with_field(other)),
+    }
+}
+
+fn dataframe_split(
+    value: &Value,
+    signature: &Signature,
+    allow_nan: bool,
+) -> Result<NamedTensors, ApiError> {
+    let field = "dataframe_split";
+    let object = value.as_object().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "`dataframe_split` must be an object with `columns` and `data`",
+        )
+        .with_field(field)
+    })?;
+    if let Some(key) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "columns" | "data" | "index"))
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "unexpected key `{key}` in `dataframe_split`; expected `columns`, `data`, `index`"
+            ),
+        )
+        .with_field(format!("{field}.{key}")));
+    }
+    let columns = match object.get("columns") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(cols)) => Some(
+            cols.iter()
+                .map(|c| match c {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Number(n) => Ok(n.to_string()),
+                    other => Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("column names must be strings, got `{}`", short(other)),
+                    )
+                    .with_field("dataframe_split.columns")),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "`dataframe_split.columns` must be a list",
+            )
+            .with_field("dataframe_split.columns"));
+        }
+    };
+    let Some(Value::Array(data)) = object.get("data") else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "`dataframe_split.data` must be a list of rows",
+        )
+        .with_field("dataframe_split.data"));
+    };
+    let rows = data
+        .iter()
+        .enumerate()
+        .map(|(i, row)| match row {
+            Value::Array(cells) => Ok(cells.iter().collect()),
+            other => Err(ApiError::new(
+                ErrorCode::InvalidShape,
+                format!(
+                    "`dataframe_split.data` row {i} must be a list, got `{}`",
+                    short(other)
+                ),
+            )
+            .with_field(format!("dataframe_split.data[{i}]"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    table_to_inputs(
+        Table {
+            columns,
+            rows,
+            field: "dataframe_split.data",
+        },
+        signature,
+        allow_nan,
+    )
+}
+
+fn records(
+    value: &Value,
+    field: &'static str,
+    signature: &Signature,
+    allow_nan: bool,
+) -> Result<NamedTensors, ApiError> {
+    let Value::Array(list) = value else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("`{field}` must be a list of objects"),
+        )
+        .with_field(field));
+    };
+    let mut columns: Vec<String> = Vec::new();
+    let mut rows = Vec::with_capacity(list.len());
+    for (i, record) in list.iter().enumerate() {
+        let Value::Object(record) = record else {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "`{field}` item {i} must be an object, got `{}`",
+                    short(record)
+                ),
+            )
+            .with_field(format!("{field}[{i}]")));
+        };
+        if i == 0 {
+            columns = record.keys().cloned().collect();
+        }
+        if let Some(missing) = columns.iter().find(|c| !record.contains_key(c.as_str())) {
+            return Err(ApiError::new(
+                ErrorCode::MissingInput,
+                format!("`{field}` record {i} has no column `{missing}`"),
+            )
+            .with_field(format!("{field}[{i}].{missing}")));
+        }
+        if let Some(extra) = record.keys().find(|k| !columns.contains(k)) {
+            return Err(ApiError::new(
+                ErrorCode::UnexpectedInput,
+                format!("`{field}` record {i} has column `{extra}`, which record 0 lacks"),
+            )
+            .with_field(format!("{field}[{i}].{extra}")));
+        }
+        rows.push(columns.iter().map(|c| &record[c.as_str()]).collect());
+    }
+    table_to_inputs(
+        Table {
+            columns: Some(columns),
+            rows,
+            field,
+        },
+        signature,
+        allow_nan,
+    )
+}
+
+fn instances(
+    value: &Value,
+    signature: &Signature,
+    allow_nan: bool,
+) -> Result<NamedTensors, ApiError> {
+    match value {
+        Value::Array(list) if list.first().is_some_and(Value::is_object) => {
+            records(value, "instances", signature, allow_nan)
+        }
+        Value::Array(_) => single_tensor(value, "instances", signature, allow_nan),
+        _ => Err(
+            ApiError::new(ErrorCode::InvalidRequest, "`instances` must be a list")
+                .with_field("instances"),
+        ),
+    }
+}
+
+fn inputs(value: &Value, signature: &Signature, allow_nan: bool) -> Result<NamedTensors, ApiError> {
+    match value {
+        Value::Object(named) => named
+            .iter()
+            .map(|(name, tensor)| {
+                let spec = signature
+                    .inputs
+                    .as_ref()
+                    .and_then(|specs| specs.iter().find(|s| &s.name == name));
+                json_tensor(tensor, name, spec, &format!("inputs.{name}"), allow_nan)
+            })
+            .collect(),
+        Value::Array(_) => single_tensor(value, "inputs", signature, allow_nan),
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "`inputs` must be a list or an object of named tensors",
+        )
+        .with_field("inputs")),
+    }
+}
+
+fn single_tensor(
+    value: &Value,
+    field: &str,
+    signature: &Signature,
+    allow_nan: bool,
+) -> Result<NamedTensors, ApiError> {
+    match signature.inputs.as_deref() {
+        Some([spec]) => Ok(vec![json_tensor(value, &spec.name, Some(spec), field, allow_nan)?]),
+        Some(specs) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("`{field}` as a plain list needs a model with one input; this one takes {} (send named columns)", specs.len()),
+        )
+        .with_field(field)),
+        None => Ok(vec![json_tensor(value, "inputs", None, field, allow_nan)?]),
+    }
+}
+
+/// `{"predictions": ...}`: one value per row for single-output models, else one record per row; class
+/// probabilities become `{label: probability}` maps when the model names its classes.
+pub fn encode(outputs: &NamedTensors, signature: &Signature) -> Value {
+    let rows = outputs.first().map_or(0, |(_, t)| t.rows());
+    if let [(_, tensor)] = outputs.as_slice() {
+        return json!({"predictions": (0..rows).map(|i| tensor.row_json(i)).collect::<Vec<_>>()});
+    }
+    let predictions: Vec<Value> = (0..rows)
+        .map(|i| {
+            let mut record = Map::new();
+            for (name, tensor) in outputs {
+                let mut value = tensor.row_json(i);
+                if signature.probability_output.as_deref() == Some(name.as_str())
+                    && let (Some(labels), Value::Array(probabilities)) =
+                        (&signature.class_labels, &value)
+                    && labels.len() == probabilities.len()
+                {
+                    let map: Map<String, Value> = labels
+                        .iter()
+                        .zip(probabilities)
+                        .map(|(label, p)| {
+                            (
+                                label
+                                    .as_str()
+                                    .map_or_else(|| label.to_string(), str::to_string),
+                                p.clone(),
+                            )
+                        })
+                        .collect();
+                    value = Value::Object(map);
+                }
+                record.insert(name.clone(), value);
+            }
+            Value::Object(record)
+        })
+        .collect();
+    json!({ "predictions": predictions })
+}

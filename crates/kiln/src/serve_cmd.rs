@@ -1,0 +1,148 @@
+//! `kiln serve`: serve ONNX and `predict.py` models over HTTP (Open Inference Protocol v2 and MLflow scoring).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Serve models over HTTP.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Model to serve: an `.onnx` file or a directory with `predict.py` (served under its file or directory name).
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
+
+    /// Another model, addressed by NAME (repeatable): `--model iris=models/iris.onnx`.
+    #[arg(long = "model", value_name = "NAME=PATH")]
+    pub models: Vec<String>,
+
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, short, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Most rows run as one batch.
+    #[arg(long, default_value_t = 64, value_name = "ROWS")]
+    pub max_batch_size: usize,
+
+    /// How long a request may wait for others to join its batch, in milliseconds (0: only coalesce requests already queued).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub max_batch_delay_ms: u64,
+
+    /// `libonnxruntime.so` to use (default: the `onnxruntime` package of the model's python).
+    #[arg(long, env = "ORT_DYLIB_PATH", value_name = "FILE")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// Python interpreter for `predict.py` models and for finding `onnxruntime`.
+    #[arg(long, env = "KILN_PYTHON", value_name = "FILE")]
+    pub python: Option<PathBuf>,
+
+    /// Worker processes per `predict.py` model (default: cores, at most 4).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// ONNX Runtime sessions per ONNX model (default: cores, at most 4).
+    #[arg(long, value_name = "N")]
+    pub sessions: Option<usize>,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
+    pub max_body_bytes: usize,
+
+    /// Accept NaN (JSON `null`) in float inputs.
+    #[arg(long)]
+    pub allow_nan: bool,
+
+    /// How often to check served files for changes and hot-swap them, in milliseconds (0: never).
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub watch_interval_ms: u64,
+
+    /// Directory for the sampled request log (e.g. `.kiln/requests`).
+    #[arg(long, value_name = "DIR")]
+    pub request_log: Option<PathBuf>,
+
+    /// Fraction of requests written to the request log.
+    #[arg(long, default_value_t = 0.01, value_name = "RATE")]
+    pub request_log_sample: f64,
+
+    /// Size at which a request log file is rotated, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    pub request_log_max_bytes: u64,
+
+    /// Rotated request log files kept.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub request_log_files: usize,
+}
+
+impl ServeArgs {
+    /// The immutable server settings these arguments describe; relative paths are taken from `project_root`.
+    pub fn to_config(&self, project_root: &Path) -> anyhow::Result<kiln_serve::ServerConfig> {
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                project_root.join(p)
+            }
+        };
+        let mut models = Vec::new();
+        if let Some(path) = &self.path {
+            models.push(kiln_serve::ModelConfig::from_path(&resolve(path)));
+        }
+        for spec in &self.models {
+            let mut model = kiln_serve::ModelConfig::parse_spec(spec)?;
+            model.path = resolve(&model.path);
+            models.push(model);
+        }
+        if models.is_empty() {
+            anyhow::bail!(
+                "no model to serve: give a path (`kiln serve model.onnx`) or `--model NAME=PATH`"
+            );
+        }
+        let mut config =
+            kiln_serve::ServerConfig::new(SocketAddr::new(self.host, self.port), models);
+        config.batch = kiln_serve::BatchConfig {
+            max_batch_size: self.max_batch_size.max(1),
+            max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
+        };
+        config.ort_library = self.ort_lib.clone();
+        config.python = self.python.clone();
+        if let Some(workers) = self.workers {
+            config.python_workers = workers.max(1);
+        }
+        if let Some(sessions) = self.sessions {
+            config.onnx_sessions = sessions.max(1);
+        }
+        config.max_body_bytes = self.max_body_bytes;
+        config.allow_nan = self.allow_nan;
+        config.watch_interval =
+            (self.watch_interval_ms > 0).then(|| Duration::from_millis(self.watch_interval_ms));
+        config.request_log = self
+            .request_log
+            .as_ref()
+            .map(|dir| kiln_serve::RequestLogConfig {
+                dir: resolve(dir),
+                sample_rate: self.request_log_sample,
+                max_file_bytes: self.request_log_max_bytes,
+                max_files: self.request_log_files,
+            });
+        Ok(config)
+    }
+}
+
+/// Runs the server until SIGTERM or Ctrl-C, then drains in-flight requests and exits 0.
+pub fn run(args: ServeArgs, project_root: &Path) -> anyhow::Result<ExitCode> {
+    let config = args.to_config(project_root)?;
+    match kiln_serve::run_blocking(config) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error) => {
+            let message = kiln_serve::error_chain(&error);
+            Err(match error.hint() {
+                Some(hint) => anyhow::anyhow!("{message}\nhint: {hint}"),
+                None => anyhow::anyhow!("{message}"),
+            })
+        }
+    }
+}
