@@ -162,3 +162,32 @@ fn materialise(
         path,
     })
 }
+
+/// Points `.kiln/serving/<model>` at the artifact of the model's latest green run and returns
+/// the path to serve, which stays the same from run to run: a server watching it sees each new
+/// green run and swaps the model in. The switch is atomic (a new symbolic link renamed over the
+/// old one), so a server never sees half an artifact.
+pub fn publish(
+    workspace: &Workspace,
+    project: &Project,
+    model: &str,
+) -> Result<(Artifact, PathBuf), Error> {
+    let artifact = latest_artifact(workspace, project, model)?;
+    let serving = workspace.state_dir.join("serving");
+    std::fs::create_dir_all(&serving).map_err(|source| Error::io("create", &serving, source))?;
+    let link = serving.join(model);
+    let target = PathBuf::from("../artifacts").join(artifact.digest.to_hex());
+    if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+        let temporary = serving.join(format!(".{model}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&temporary);
+        std::os::unix::fs::symlink(&target, &temporary)
+            .map_err(|source| Error::io("link", &temporary, source))?;
+        std::fs::rename(&temporary, &link).map_err(|source| Error::io("publish", &link, source))?;
+    }
+    let name = artifact
+        .path
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    Ok((artifact, link.join(name)))
+}

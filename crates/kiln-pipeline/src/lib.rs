@@ -20,7 +20,7 @@ pub mod workspace;
 
 use std::path::{Path, PathBuf};
 
-pub use artifact::{Artifact, latest_artifact};
+pub use artifact::{Artifact, latest_artifact, publish};
 pub use params::Override;
 pub use run::{Event, FailureKind, Observer, Outcome, RunOptions, RunReport, run};
 pub use status::{StageStatus, status};

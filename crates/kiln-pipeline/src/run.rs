@@ -383,6 +383,15 @@ pub fn run(
             gates,
         });
     }
+    // A served model follows its latest green run.
+    for report in &reports {
+        let has_artifact = project
+            .model(&report.model)
+            .is_some_and(|m| m.artifact.is_some());
+        if report.status == Status::Succeeded && has_artifact {
+            crate::artifact::publish(workspace, project, &report.model)?;
+        }
+    }
     Ok(RunReport {
         models: reports,
         failure,

@@ -613,7 +613,8 @@ pub fn metrics(root: &Path, command: MetricsCommand) -> anyhow::Result<ExitCode>
 }
 
 /// `kiln serve`: a bare model name is this project's model, served as its latest green run
-/// stored it; anything else is a path for the server to load. ONNX Runtime is found as
+/// stored it and swapped when a later run is green; anything else is a path for the server to
+/// load. ONNX Runtime is found as
 /// explicitly given, else in the model's Python environment, else in the default python, else
 /// Kiln installs it once into its cache (see [`managed_onnx_runtime`]).
 pub fn serve(root: &Path, mut args: crate::serve_cmd::ServeArgs) -> anyhow::Result<ExitCode> {
@@ -633,15 +634,14 @@ pub fn serve(root: &Path, mut args: crate::serve_cmd::ServeArgs) -> anyhow::Resu
             _ => error,
         })?;
         let workspace = Workspace::open(&project.root)?;
-        let artifact = kiln_pipeline::latest_artifact(&workspace, &project, &name)?;
+        let (artifact, path) = kiln_pipeline::publish(&workspace, &project, &name)?;
         eprintln!(
-            "serving `{name}` from run {} (artifact {})",
+            "serving `{name}` from run {} (artifact {}); later green runs are swapped in",
             artifact.run,
             artifact.digest.short()
         );
         args.path = None;
-        args.models
-            .insert(0, format!("{name}={}", artifact.path.display()));
+        args.models.insert(0, format!("{name}={}", path.display()));
         if args.request_log.is_none() {
             args.request_log = Some(workspace.state_dir.join("requests"));
         }

@@ -93,6 +93,29 @@ fn the_iris_example_trains_checks_and_gates() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["model_name"], json!("iris"));
+
+    // A new green run is swapped in while serving.
+    let newer = kiln_command(dir.path())
+        .args(["run", "--set", "train.C=0.5"])
+        .output()
+        .unwrap();
+    assert_eq!(newer.status.code(), Some(0), "{}", stderr(&newer));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metadata: Value =
+            reqwest::blocking::get(format!("http://127.0.0.1:{port}/v2/models/iris"))
+                .unwrap()
+                .json()
+                .unwrap();
+        if metadata["versions"] == json!(["2"]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new run was not swapped in: {metadata}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(terminate(&mut server).success());
 }
 

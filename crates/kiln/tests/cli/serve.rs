@@ -192,3 +192,68 @@ fn an_unknown_model_name_says_what_is_wrong() {
         crate::common::stderr(&output)
     );
 }
+
+/// Exports a LogisticRegression on iris with skl2onnx into `path`.
+fn export_onnx_model(path: &Path) {
+    let script = format!(
+        "from sklearn.datasets import load_iris\nfrom sklearn.linear_model import LogisticRegression\nfrom skl2onnx import to_onnx\nX, y = load_iris(return_X_y=True)\nm = LogisticRegression(max_iter=500).fit(X.astype('float32'), y)\nopen({:?}, 'wb').write(to_onnx(m, X[:1].astype('float32'), options={{'zipmap': False}}).SerializeToString())\n",
+        path.display().to_string()
+    );
+    let status = Command::new(test_python())
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "exporting the test model failed");
+}
+
+#[test]
+fn onnx_runtime_is_installed_once_into_the_cache_when_no_python_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    export_onnx_model(&dir.path().join("model.onnx"));
+    // A python without onnxruntime, first on PATH; uv (when there is one) stays reachable.
+    let bare = dir.path().join("bare-python");
+    assert!(
+        Command::new(test_python())
+            .args(["-m", "venv"])
+            .arg(&bare)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut path = vec![bare.join("bin")];
+    if let Some(uv) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("uv"))
+            .find(|uv| uv.is_file())
+    }) {
+        path.push(uv.parent().unwrap().to_path_buf());
+    }
+    path.extend([PathBuf::from("/usr/bin"), PathBuf::from("/bin")]);
+    let port = free_port();
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .args(["serve", "model.onnx", "--port", &port.to_string()])
+        .current_dir(dir.path())
+        .env("PATH", std::env::join_paths(path).unwrap())
+        .env("KILN_CACHE_DIR", dir.path().join("cache"))
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("KILN_PYTHON")
+        .env_remove("VIRTUAL_ENV")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_listening(&mut child);
+    let (status, body) = post(
+        port,
+        "/invocations",
+        &json!({"inputs": [[5.1, 3.5, 1.4, 0.2]]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(terminate(&mut child).success());
+    let runtime = std::fs::read_dir(dir.path().join("cache/envs"))
+        .unwrap()
+        .filter(|entry| entry.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(runtime, 1, "one managed runtime environment");
+}
