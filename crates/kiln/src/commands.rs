@@ -218,7 +218,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let runs: Vec<String> = result
         .models
         .iter()
-        .map(|m| format!("run {} ({}: {})", m.run_id, m.model, m.status.as_str()))
+        .map(|m| format!("run {} of `{}` {}", m.run_id, m.model, m.status.as_str()))
         .collect();
     let code = match result.failure {
         None => exit::SUCCESS,
@@ -227,16 +227,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(FailureKind::Gate) => exit::GATE_FAILED,
         Some(FailureKind::Cancelled) => exit::CANCELLED,
     };
-    let verdict = match result.failure {
-        None => "succeeded",
-        Some(FailureKind::Cancelled) => "was cancelled",
-        Some(_) => "failed",
-    };
-    eprintln!(
-        "\n{} {verdict} in {}",
-        runs.join(", "),
-        ui::duration(result.duration)
-    );
+    eprintln!("\n{} ({})", runs.join(", "), ui::duration(result.duration));
     Ok(exit::code(code))
 }
 
