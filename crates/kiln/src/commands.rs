@@ -659,16 +659,18 @@ pub fn serve(root: &Path, mut args: crate::serve_cmd::ServeArgs) -> anyhow::Resu
                 .filter_map(|m| m.split_once('=').map(|(_, p)| root.join(p))),
         )
         .any(|p| p.is_file());
-    if serves_onnx
-        && args.ort_lib.is_none()
-        && kiln_serve::ortlib::locate_library(None, args.python.as_deref()).is_err()
-    {
-        match managed_onnx_runtime() {
-            Ok(library) => args.ort_lib = Some(library),
-            Err(error) => {
-                eprintln!("warning: could not install ONNX Runtime into Kiln's cache: {error:#}")
-            }
-        }
+    // Found once here and handed to the server, which would otherwise ask python again.
+    if serves_onnx && args.ort_lib.is_none() {
+        args.ort_lib = match kiln_serve::ortlib::locate_library(None, args.python.as_deref()) {
+            Ok(library) => Some(library),
+            Err(_) => managed_onnx_runtime()
+                .inspect_err(|error| {
+                    eprintln!(
+                        "warning: could not install ONNX Runtime into Kiln's cache: {error:#}"
+                    )
+                })
+                .ok(),
+        };
     }
     crate::serve_cmd::run(args, &root)
 }
