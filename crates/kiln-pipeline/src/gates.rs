@@ -60,7 +60,7 @@ pub(crate) fn evaluate_gates(
         if let Some(metric) = name.strip_prefix("previous.") {
             return match previous {
                 None => Lookup::Unavailable(format!(
-                    "model `{}` has no previous run with metrics",
+                    "model `{}` has no previous green run with metrics",
                     model.name
                 )),
                 Some(values) => values

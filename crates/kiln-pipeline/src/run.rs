@@ -299,15 +299,19 @@ pub fn run(
         } else {
             Vec::new()
         };
-        let previous_id = workspace
-            .registry
-            .previous_run_with_metrics(&model.name, Some(run_id))?;
-        let previous = match previous_id {
-            Some(id) => Some((id, workspace.registry.metrics(id)?)),
+        // Reports compare with the previous run; `previous.NAME` in gates with the previous green one.
+        let registry = &workspace.registry;
+        let previous = match registry.previous_run_with_metrics(&model.name, Some(run_id), false)? {
+            Some(id) => Some((id, registry.metrics(id)?)),
             None => None,
         };
         let gates = if all_done {
-            evaluate_gates(model, &metrics, previous.as_ref().map(|p| &p.1))
+            let previous_green =
+                match registry.previous_run_with_metrics(&model.name, Some(run_id), true)? {
+                    Some(id) => Some(registry.metrics(id)?),
+                    None => None,
+                };
+            evaluate_gates(model, &metrics, previous_green.as_ref())
         } else {
             Vec::new()
         };

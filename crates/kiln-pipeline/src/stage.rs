@@ -170,13 +170,20 @@ fn execute(
                 .map_err(|e| format!("cannot hash out `{path}`: {e}"))?;
             intact &= current.is_some_and(|c| c.digest == out.digest);
         }
-        if intact {
+        // Checks are not part of the cache key (they may have been tightened since): run them.
+        let checked = |report: &mut StageReport, outcome: Outcome| {
             report.checks = run_checks(stage, context.root);
-            return Ok(Outcome::Cached);
+            if report.checks.iter().any(|c| !c.passed) {
+                Outcome::Failed(Failure::Checks)
+            } else {
+                outcome
+            }
+        };
+        if intact {
+            return Ok(checked(report, Outcome::Cached));
         }
         if restore(&entry, context).is_ok() {
-            report.checks = run_checks(stage, context.root);
-            return Ok(Outcome::Restored);
+            return Ok(checked(report, Outcome::Restored));
         }
         // Objects missing from the store: fall through and run the command.
     }

@@ -487,18 +487,22 @@ impl Registry {
         Ok(metrics)
     }
 
-    /// The newest run of `model` before `before` (any run when `None`) that recorded metrics.
+    /// The newest run of `model` before `before` (any run when `None`) that recorded metrics;
+    /// with `succeeded_only`, the newest green one (what `previous.NAME` in a gate compares
+    /// against: a failed run must not lower the bar for the next).
     pub fn previous_run_with_metrics(
         &self,
         model: &str,
         before: Option<RunId>,
+        succeeded_only: bool,
     ) -> Result<Option<RunId>, Error> {
         Ok(self
             .connection
             .query_row(
-                "SELECT id FROM runs WHERE model = ?1 AND id < ?2 AND EXISTS (SELECT 1 FROM metrics WHERE run_id = runs.id)
+                "SELECT id FROM runs WHERE model = ?1 AND id < ?2 AND (?3 = 0 OR status = 'succeeded')
+                 AND EXISTS (SELECT 1 FROM metrics WHERE run_id = runs.id)
                  ORDER BY id DESC LIMIT 1",
-                params![model, before.unwrap_or(i64::MAX)],
+                params![model, before.unwrap_or(i64::MAX), succeeded_only],
                 |row| row.get(0),
             )
             .optional()?)

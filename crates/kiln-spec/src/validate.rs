@@ -643,7 +643,7 @@ pub fn upstream(project: &Project) -> BTreeMap<StageId, BTreeSet<StageId>> {
 
 /// The checks that need every stage at once: unproduced deps, shared outs, cycles, gate metrics.
 pub fn check_graph(project: &Project) -> Vec<Diagnostic> {
-    let mut diagnostics = Vec::new();
+    let mut diagnostics = check_protected_outs(project);
     let stages: Vec<&Stage> = project.stages().collect();
     for (index, stage) in stages.iter().enumerate() {
         for (dep, location) in stage.deps.iter().zip(&stage.locations.deps) {
@@ -707,7 +707,7 @@ pub fn check_graph(project: &Project) -> Vec<Diagnostic> {
 /// exist yet (before the first run) cannot be checked, so only existing ones are read.
 fn check_gate_metrics(project: &Project) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
-    for model in &project.models {
+    'models: for model in &project.models {
         let files: Vec<&RelPath> = model.stages.iter().flat_map(|s| &s.metrics).collect();
         if model.gates.is_empty() {
             continue;
@@ -729,7 +729,8 @@ fn check_gate_metrics(project: &Project) -> Vec<Diagnostic> {
         for file in &files {
             match values::read_flat(&file.to_path(&project.root)) {
                 Ok(values) => known.extend(values.into_keys()),
-                Err(_) => return diagnostics, // Not written yet, or unreadable: the run will tell.
+                // Not written yet, or unreadable: the run will tell.
+                Err(_) => continue 'models,
             }
         }
         for gate in &model.gates {
@@ -742,6 +743,60 @@ fn check_gate_metrics(project: &Project) -> Vec<Diagnostic> {
                             .hint(format!("known metrics: {}", known_list.join(", "))),
                     );
                 }
+            }
+        }
+    }
+    diagnostics
+}
+
+/// Kiln deletes a stage's outs before running it, so an out must never be, or contain, what the
+/// project itself is made of: its root, its state folder, git's, its project file, a model's
+/// folder or a stage's working folder, a params or requirements file.
+fn check_protected_outs(project: &Project) -> Vec<Diagnostic> {
+    let protected_path = |path: &str| RelPath::resolve(&RelPath::root(), path);
+    let mut protected: Vec<(RelPath, String)> = vec![(RelPath::root(), "the project root".into())];
+    for (path, what) in [
+        (".kiln", "Kiln's state folder"),
+        (".git", "the git repository"),
+    ] {
+        protected.extend(protected_path(path).map(|p| (p, what.to_string())));
+    }
+    if let Some(file) = project.file.to_str().and_then(protected_path) {
+        protected.push((file, "the project file".into()));
+    }
+    for model in &project.models {
+        protected.push((
+            model.dir.clone(),
+            format!("the folder of model `{}`", model.name),
+        ));
+        if let Some(params) = &model.params_file {
+            protected.push((
+                params.clone(),
+                format!("the params file of model `{}`", model.name),
+            ));
+        }
+        if let Some(python) = &model.python {
+            protected.push((
+                python.requirements.clone(),
+                format!("the requirements of model `{}`", model.name),
+            ));
+        }
+    }
+    let mut diagnostics = Vec::new();
+    for stage in project.stages() {
+        for (out, location) in stage.outs.iter().zip(&stage.locations.outs) {
+            let clash = protected.iter().find(|(path, _)| {
+                path.is_within(out)
+                    || (out.is_within(path)
+                        && path.as_str().starts_with('.')
+                        && path.as_str() != ".")
+            });
+            if let Some((_, what)) = clash {
+                diagnostics.push(
+                    Diagnostic::new(format!("stage `{}` declares `{out}` as an out, which would replace or write into {what}", stage.id))
+                        .at(location.clone())
+                        .hint("Kiln deletes a stage's outs before running it: name the files or folders the stage writes, e.g. `data/processed` or `model.onnx`"),
+                );
             }
         }
     }

@@ -565,7 +565,7 @@ pub fn metrics(root: &Path, command: MetricsCommand) -> anyhow::Result<ExitCode>
             let newest = newest
                 .ok_or_else(|| Usage("no run has metrics yet: run the pipeline first".into()))?;
             let previous = registry
-                .previous_run_with_metrics(&newest.model, Some(newest.id))?
+                .previous_run_with_metrics(&newest.model, Some(newest.id), false)?
                 .ok_or_else(|| {
                     Usage(format!(
                         "run {} is the only run of `{}` with metrics: nothing to compare",

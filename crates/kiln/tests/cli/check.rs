@@ -125,3 +125,15 @@ fn no_project_file() {
     );
     assert!(text.contains("hint: run `kiln init`"), "{text}");
 }
+
+#[test]
+fn outs_that_would_delete_the_project_are_refused() {
+    let project = TestProject::new(
+        "models:\n  m:\n    dir: models/m\n    stages:\n      a: {cmd: echo hi > x, outs: [.]}\n      b: {cmd: echo, outs: [../../.kiln/x]}\n      c: {cmd: echo, outs: [../../kiln.yaml]}\n",
+    );
+    std::fs::create_dir_all(project.path("models/m")).unwrap();
+    insta::assert_snapshot!(check_fails(&project));
+    let run = project.kiln(&["run"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(project.path("kiln.yaml").exists());
+}

@@ -490,3 +490,37 @@ fn runs_record_the_git_commit_and_a_dirty_tree() {
     assert_eq!(runs[1]["dirty"], serde_json::json!(false));
     assert_eq!(runs[0]["dirty"], serde_json::json!(true));
 }
+
+#[test]
+fn previous_gates_compare_with_the_last_green_run_only() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      eval: {cmd: 'cp score.json metrics.json', deps: [score.json], metrics: [metrics.json]}\n    gates: [\"accuracy >= previous.accuracy - 0.02\"]\n",
+    );
+    project.write("score.json", r#"{"accuracy": 0.95}"#);
+    run_ok(&project, &[]);
+    project.write("score.json", r#"{"accuracy": 0.5}"#);
+    assert_eq!(project.kiln(&["run"]).status.code(), Some(4));
+    // Nothing changed: the failed run must not become the bar.
+    assert_eq!(project.kiln(&["run"]).status.code(), Some(4));
+}
+
+#[test]
+fn tightened_checks_fail_a_cached_stage() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      prep: {cmd: 'cp raw.csv out.csv', deps: [raw.csv], outs: [out.csv], checks: {out.csv: {rows: {min: 1}}}}\n",
+    );
+    project.write("raw.csv", "x\n1\n");
+    run_ok(&project, &[]);
+    project.write(
+        "kiln.yaml",
+        "models:\n  m:\n    stages:\n      prep: {cmd: 'cp raw.csv out.csv', deps: [raw.csv], outs: [out.csv], checks: {out.csv: {rows: {min: 5}}}}\n",
+    );
+    let output = project.kiln(&["run"]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("1 rows, expected at least 5")
+            || stderr(&output).contains("expected at least 5"),
+        "{}",
+        stderr(&output)
+    );
+}
