@@ -596,12 +596,14 @@ mod tests {
         assert_eq!(detail.gates, vec![gate]);
         assert_eq!(detail.metrics, vec![("accuracy".to_string(), 0.95)]);
         assert_eq!(
-            registry.previous_run_with_metrics("iris", None).unwrap(),
+            registry
+                .previous_run_with_metrics("iris", None, true)
+                .unwrap(),
             Some(id)
         );
         assert_eq!(
             registry
-                .previous_run_with_metrics("iris", Some(id))
+                .previous_run_with_metrics("iris", Some(id), false)
                 .unwrap(),
             None
         );
