@@ -8,7 +8,7 @@ use kiln_spec::{Project, RelPath};
 use kiln_store::{Digest, EntryKind, Tree};
 
 use crate::Error;
-use crate::stage::{CacheEntry, RUN_CACHE, TREES};
+use crate::stage::{CachedOut, TREES};
 use crate::workspace::Workspace;
 
 /// A model's artifact from one run.
@@ -50,26 +50,21 @@ pub fn latest_artifact(
             ))
         })?;
     let detail = workspace.registry.run(run.id)?;
+    // The outs as this run recorded them: the stage cache may hold a later run's by now.
     for stage in &detail.stages {
-        let Some(key) = &stage.cache_key else {
+        let Some(outs) = &stage.outs else { continue };
+        let Ok(outs) = serde_json::from_str::<Vec<CachedOut>>(outs) else {
             continue;
         };
-        let Some(bytes) = workspace.store.read_ref(RUN_CACHE, key)? else {
-            continue;
-        };
-        let Ok(entry) = serde_json::from_slice::<CacheEntry>(&bytes) else {
-            continue;
-        };
-        for out in &entry.outs {
+        for out in &outs {
             let Some(out_path) = RelPath::resolve(&RelPath::root(), &out.path) else {
                 continue;
             };
-            if !artifact.is_within(&out_path) {
-                continue;
+            if artifact.is_within(&out_path) {
+                return materialise(
+                    workspace, model, run.id, &artifact, &out_path, out.kind, out.digest,
+                );
             }
-            return materialise(
-                workspace, model, run.id, &artifact, &out_path, out.kind, out.digest,
-            );
         }
     }
     Err(Error::Artifact(format!(
@@ -141,7 +136,7 @@ fn materialise(
         .state_dir
         .join("artifacts")
         .join(identity.to_hex())
-        .join(".complete");
+        .join(format!(".complete-{name}"));
     if !complete.exists() {
         for (relative, file_digest, executable) in &files {
             let target = if relative.is_empty() {

@@ -106,6 +106,8 @@ pub struct StageReport {
     pub log: Option<PathBuf>,
     pub key: Option<Digest>,
     pub checks: Vec<CheckResult>,
+    /// What the outs held when the stage succeeded (ran, cached or restored).
+    pub(crate) outs: Vec<crate::stage::CachedOut>,
 }
 
 impl StageReport {
@@ -117,6 +119,7 @@ impl StageReport {
             log: None,
             key: None,
             checks: Vec::new(),
+            outs: Vec::new(),
         }
     }
 }
@@ -350,6 +353,8 @@ pub fn run(
                         .to_string()
                 }),
                 cache_key: s.key.map(|k| k.to_hex()),
+                outs: (!s.outs.is_empty())
+                    .then(|| serde_json::to_string(&s.outs).unwrap_or_default()),
             })
             .collect();
         let checks: Vec<CheckResult> = stages.iter().flat_map(|s| s.checks.clone()).collect();

@@ -180,9 +180,11 @@ fn execute(
             }
         };
         if intact {
+            report.outs = entry.outs.clone();
             return Ok(checked(report, Outcome::Cached));
         }
         if restore(&entry, context).is_ok() {
+            report.outs = entry.outs.clone();
             return Ok(checked(report, Outcome::Restored));
         }
         // Objects missing from the store: fall through and run the command.
@@ -231,10 +233,12 @@ fn execute(
         return Ok(Outcome::Failed(Failure::Checks));
     }
     // The cache entry is written last: it only ever names outs that are wholly in the store.
-    let entry = serde_json::to_vec(&CacheEntry { outs }).map_err(|e| e.to_string())?;
+    let entry =
+        serde_json::to_vec(&CacheEntry { outs: outs.clone() }).map_err(|e| e.to_string())?;
     store
         .write_ref(RUN_CACHE, &key.to_hex(), &entry)
         .map_err(|e| e.to_string())?;
+    report.outs = outs;
     Ok(Outcome::Ran)
 }
 

@@ -101,6 +101,9 @@ pub struct StageResult {
     pub exit_code: Option<i32>,
     pub log_path: Option<String>,
     pub cache_key: Option<String>,
+    /// What the stage's outs held after it (JSON, as the pipeline writes it), so that an
+    /// artifact is found as this run made it even if the stage cache changes later.
+    pub outs: Option<String>,
 }
 
 /// One data-check rule's result.
@@ -190,6 +193,7 @@ CREATE TABLE stage_results (
     exit_code INTEGER,
     log_path TEXT,
     cache_key TEXT,
+    outs TEXT,
     PRIMARY KEY (run_id, stage)
 );
 CREATE TABLE metrics (
@@ -335,7 +339,7 @@ impl Registry {
             .ok_or(Error::NoSuchRun(id))?;
         for (position, stage) in stages.iter().enumerate() {
             transaction.execute(
-                "INSERT OR REPLACE INTO stage_results VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR REPLACE INTO stage_results VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     id,
                     position as i64,
@@ -344,7 +348,8 @@ impl Registry {
                     stage.duration_ms,
                     stage.exit_code,
                     stage.log_path,
-                    stage.cache_key
+                    stage.cache_key,
+                    stage.outs
                 ],
             )?;
         }
@@ -427,7 +432,7 @@ impl Registry {
             .optional()?
             .ok_or(Error::NoSuchRun(id))?;
         let mut statement = self.connection.prepare(
-            "SELECT stage, outcome, duration_ms, exit_code, log_path, cache_key FROM stage_results WHERE run_id = ?1 ORDER BY position",
+            "SELECT stage, outcome, duration_ms, exit_code, log_path, cache_key, outs FROM stage_results WHERE run_id = ?1 ORDER BY position",
         )?;
         let stages = statement
             .query_map([id], |row| {
@@ -438,6 +443,7 @@ impl Registry {
                     exit_code: row.get(3)?,
                     log_path: row.get(4)?,
                     cache_key: row.get(5)?,
+                    outs: row.get(6)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -566,6 +572,7 @@ mod tests {
             exit_code: Some(0),
             log_path: Some("logs/1/train.log".into()),
             cache_key: Some("k".into()),
+            outs: Some("[]".into()),
         };
         let gate = GateResult {
             expr: "accuracy >= 0.9".into(),

@@ -257,3 +257,28 @@ fn onnx_runtime_is_installed_once_into_the_cache_when_no_python_has_it() {
         .count();
     assert_eq!(runtime, 1, "one managed runtime environment");
 }
+
+#[test]
+fn the_served_artifact_is_the_green_runs_even_after_a_forced_failing_rerun() {
+    let project = crate::common::TestProject::new(
+        "models:\n  m:\n    stages:\n      train: {cmd: 'date +%s%N > model.bin && cp score.json metrics.json', outs: [model.bin], metrics: [metrics.json]}\n    artifact: model.bin\n    gates: [\"accuracy >= 0.9\"]\n",
+    );
+    project.write("score.json", r#"{"accuracy": 0.95}"#);
+    assert_eq!(project.kiln(&["run"]).status.code(), Some(0));
+    let green = project.read("model.bin");
+    assert_eq!(project.read(".kiln/serving/m/model.bin"), green);
+    // Same inputs, forced: a new model under the same stage-cache key, which fails its gate.
+    project.write("score.json", r#"{"accuracy": 0.5}"#);
+    assert_eq!(project.kiln(&["run", "--force"]).status.code(), Some(4));
+    assert_ne!(project.read("model.bin"), green);
+    std::fs::remove_dir_all(project.path(".kiln/serving")).unwrap();
+    std::fs::remove_dir_all(project.path(".kiln/artifacts")).unwrap();
+    let output = project.kiln(&["serve", "m", "--ort-lib", "/nonexistent/libonnxruntime.so"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        crate::common::stderr(&output).contains("serving `m` from run 1"),
+        "{}",
+        crate::common::stderr(&output)
+    );
+    assert_eq!(project.read(".kiln/serving/m/model.bin"), green);
+}
