@@ -1,5 +1,6 @@
 //! Params: the model's params file, flattened to dotted keys, with `--set key=value` overrides.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use kiln_spec::Model;
@@ -34,36 +35,57 @@ impl Override {
     }
 }
 
-/// The model's params with the overrides applied. An override must name an existing key, so
-/// that a typo does not silently run with the default.
-pub fn model_params(
-    root: &Path,
-    model: &Model,
+/// The model's params file, flattened (empty when the model has none).
+pub fn model_params(root: &Path, model: &Model) -> Result<FlatValues, Error> {
+    match &model.params_file {
+        Some(file) => read_flat(&file.to_path(root)).map_err(Error::Params),
+        None => Ok(FlatValues::new()),
+    }
+}
+
+/// Applies each override to the models whose params have its key (a model without the key is
+/// left alone: `--set train.C=…` must not touch an upstream model with other params). An
+/// override that no model has is an error, so that a typo does not silently train with the
+/// default. Returns, per model, the overrides it took.
+pub fn apply_overrides(
+    models: &[&Model],
+    params: &mut HashMap<String, FlatValues>,
     overrides: &[Override],
-) -> Result<FlatValues, Error> {
-    let mut values = match &model.params_file {
-        Some(file) => read_flat(&file.to_path(root)).map_err(Error::Params)?,
-        None => FlatValues::new(),
-    };
-    for Override { key, value } in overrides {
-        match values.get_mut(key) {
-            Some(slot) => *slot = value.clone(),
-            None => {
-                let file = model
-                    .params_file
-                    .as_ref()
-                    .map_or("(no params file)".to_string(), |f| f.to_string());
-                let known: Vec<&str> = values.keys().map(String::as_str).collect();
-                return Err(Error::UnknownParam {
-                    key: key.clone(),
-                    model: model.name.clone(),
-                    file,
-                    known: known.join(", "),
-                });
+) -> Result<HashMap<String, Vec<Override>>, Error> {
+    let mut applied: HashMap<String, Vec<Override>> = HashMap::new();
+    for set in overrides {
+        let mut taken = false;
+        for model in models {
+            if let Some(slot) = params
+                .get_mut(&model.name)
+                .and_then(|values| values.get_mut(&set.key))
+            {
+                *slot = set.value.clone();
+                applied
+                    .entry(model.name.clone())
+                    .or_default()
+                    .push(set.clone());
+                taken = true;
             }
         }
+        if !taken {
+            let model = models.first().copied();
+            let file = model
+                .and_then(|m| m.params_file.as_ref())
+                .map_or("(no params file)".to_string(), |f| f.to_string());
+            let known = model
+                .and_then(|m| params.get(&m.name))
+                .map(|v| v.keys().map(String::as_str).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            return Err(Error::UnknownParam {
+                key: set.key.clone(),
+                model: model.map(|m| m.name.clone()).unwrap_or_default(),
+                file,
+                known,
+            });
+        }
     }
-    Ok(values)
+    Ok(applied)
 }
 
 /// The params as a nested JSON document (what `KILN_PARAMS` points to; JSON is also YAML, so

@@ -19,7 +19,7 @@ pub use crate::gates::GateReport;
 use crate::gates::{evaluate_gates, read_metrics};
 use crate::git::{git_commit, git_dirty};
 use crate::inputs::StageInputs;
-use crate::params::{Override, flat_json, model_params, nested_json};
+use crate::params::{Override, apply_overrides, flat_json, model_params, nested_json};
 use crate::python_env::{EnvOptions, PythonEnvironment, ensure_env};
 use crate::stage::{StageContext, hash_source_deps, run_stage};
 use crate::workspace::Workspace;
@@ -187,11 +187,9 @@ pub fn run(
 
     let mut params = HashMap::new();
     for model in &models {
-        params.insert(
-            model.name.clone(),
-            model_params(&project.root, model, &options.overrides)?,
-        );
+        params.insert(model.name.clone(), model_params(&project.root, model)?);
     }
+    let applied = apply_overrides(&models, &mut params, &options.overrides)?;
     // git stats every tracked file: let it run while the stages do.
     let git_check = {
         let root = project.root.clone();
@@ -201,24 +199,12 @@ pub fn run(
             (commit, dirty)
         })
     };
-    let overrides: serde_json::Value = options
-        .overrides
-        .iter()
-        .map(|o| {
-            (
-                o.key.clone(),
-                serde_json::Value::String(o.value.to_string()),
-            )
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into();
-
     let mut run_ids = HashMap::new();
     for model in &models {
         let id = workspace.registry.start_run(&NewRun {
             model: model.name.clone(),
             params: flat_json(&params[&model.name]),
-            overrides: overrides.clone(),
+            overrides: overrides_json(applied.get(&model.name)),
         })?;
         run_ids.insert(model.name.clone(), id);
     }
@@ -408,6 +394,17 @@ pub fn run(
     })
 }
 
+/// The overrides a model's run took, as recorded with the run.
+fn overrides_json(overrides: Option<&Vec<Override>>) -> serde_json::Value {
+    let pairs = overrides.into_iter().flatten().map(|o| {
+        (
+            o.key.clone(),
+            serde_json::Value::String(o.value.to_string()),
+        )
+    });
+    serde_json::Value::Object(pairs.collect())
+}
+
 /// The stages of the chosen models and everything upstream of them, in declaration order.
 pub fn select_stages(project: &Project, models: &[String]) -> Result<Vec<StageId>, Error> {
     for name in models {
@@ -590,7 +587,7 @@ fn stop_all(context: &StageContext<'_>) {
 }
 
 #[allow(unsafe_code)]
-fn signal_group(group: u32, signal: i32) {
+pub(crate) fn signal_group(group: u32, signal: i32) {
     // SAFETY: killpg only sends a signal; the group id is one of our own children's.
     unsafe {
         libc::killpg(group as libc::pid_t, signal);

@@ -21,7 +21,7 @@ use crate::checks;
 use crate::hashing::{PathDigest, StatCache, hash_path};
 use crate::inputs::StageInputs;
 use crate::python_env::PythonEnvironment;
-use crate::run::{Failure, Outcome, StageReport};
+use crate::run::{Failure, Outcome, StageReport, signal_group};
 
 /// What every stage of a run shares.
 pub(crate) struct StageContext<'a> {
@@ -279,6 +279,9 @@ fn run_command(
         .unwrap_or_else(|e| e.into_inner())
         .insert(stage.id.clone(), child.id());
     let status = child.wait();
+    // Whatever the command left behind in its group (`train.py &`, a subshell ignoring SIGTERM)
+    // must not outlive it: it could still be writing the outs Kiln is about to store.
+    signal_group(child.id(), libc::SIGKILL);
     context
         .running
         .lock()

@@ -35,7 +35,7 @@ pub fn status(
     let mut python: HashMap<&str, Option<String>> = HashMap::new();
     let env_options = EnvOptions::from_env()?;
     for model in &project.models {
-        params.insert(&model.name, model_params(&project.root, model, &[])?);
+        params.insert(&model.name, model_params(&project.root, model)?);
         let key = match &model.python {
             Some(env) => Some(requirements_key(
                 &env.requirements.to_path(&project.root),

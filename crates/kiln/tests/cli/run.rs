@@ -524,3 +524,54 @@ fn tightened_checks_fail_a_cached_stage() {
         stderr(&output)
     );
 }
+
+#[test]
+fn nothing_a_stage_starts_outlives_it() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a: {cmd: '(sleep 2; echo late > late.txt) & echo x > a.txt', outs: [a.txt]}\n",
+    );
+    run_ok(&project, &[]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !project.path("late.txt").exists(),
+        "a background process of the stage kept running"
+    );
+}
+
+#[test]
+fn set_reaches_only_the_models_that_have_the_param() {
+    let project = TestProject::new(
+        r#"models:
+  features:
+    dir: features
+    stages:
+      build: {cmd: "python3 -c \"import json,os; p=json.load(open(os.environ['KILN_PARAMS'])); open('f.txt','w').write(str(p['bins']))\"", params: [bins], outs: [f.txt]}
+  model:
+    dir: model
+    stages:
+      train: {cmd: "python3 -c \"import json,os; p=json.load(open(os.environ['KILN_PARAMS'])); open('m.txt','w').write(open('../features/f.txt').read() + str(p['train']['C']))\"", deps: [../features/f.txt], params: [train], outs: [m.txt]}
+"#,
+    );
+    project.write("features/params.yaml", "bins: 10\n");
+    project.write("model/params.yaml", "train:\n  C: 1\n");
+    run_ok(&project, &[]);
+    assert_eq!(
+        run_ok(&project, &["model", "--set", "train.C=2"]),
+        ["build: cached", "train: ran"]
+    );
+    assert_eq!(project.read("model/m.txt"), "102");
+    let runs: serde_json::Value =
+        serde_json::from_str(&stdout(&project.kiln(&["runs", "--json"]))).unwrap();
+    let overrides: Vec<&serde_json::Value> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(2)
+        .map(|r| &r["overrides"])
+        .collect();
+    assert!(
+        overrides.contains(&&serde_json::json!({"train.C": "2"}))
+            && overrides.contains(&&serde_json::json!({})),
+        "{runs}"
+    );
+}
