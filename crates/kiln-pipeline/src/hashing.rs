@@ -17,6 +17,8 @@ use rayon::prelude::*;
 struct Stat {
     size: u64,
     mtime_ns: i128,
+    /// The change time catches rewrites that restore the mtime (`cp -p`, `touch -r`).
+    ctime_ns: i128,
     inode: u64,
 }
 
@@ -26,6 +28,8 @@ impl Stat {
             size: metadata.len(),
             mtime_ns: i128::from(metadata.mtime()) * 1_000_000_000
                 + i128::from(metadata.mtime_nsec()),
+            ctime_ns: i128::from(metadata.ctime()) * 1_000_000_000
+                + i128::from(metadata.ctime_nsec()),
             inode: metadata.ino(),
         }
     }
@@ -48,7 +52,7 @@ struct Entries {
 
 /// Digests of files by path, valid while their (size, mtime, inode) are unchanged.
 ///
-/// Persisted as text lines `digest size mtime_ns inode path` under `.kiln/`; a missing or
+/// Persisted as text lines `digest size mtime_ns ctime_ns inode path` under `.kiln/`; a missing or
 /// damaged file just means files are hashed again.
 #[derive(Debug)]
 pub struct StatCache {
@@ -56,7 +60,7 @@ pub struct StatCache {
     entries: Mutex<Entries>,
 }
 
-const STAT_CACHE_HEADER: &str = "kiln-stat-cache-v1";
+const STAT_CACHE_HEADER: &str = "kiln-stat-cache-v2";
 
 impl StatCache {
     pub fn load(path: &Path) -> StatCache {
@@ -66,16 +70,18 @@ impl StatCache {
         {
             files.reserve(body.len() / 110);
             for line in body.lines() {
-                let mut parts = line.splitn(5, ' ');
+                let mut parts = line.splitn(6, ' ');
                 let parsed = (|| {
                     let digest = Digest::from_hex(parts.next()?)?;
                     let size = parts.next()?.parse().ok()?;
                     let mtime_ns = parts.next()?.parse().ok()?;
+                    let ctime_ns = parts.next()?.parse().ok()?;
                     let inode = parts.next()?.parse().ok()?;
                     let file = parts.next()?.to_string();
                     let stat = Stat {
                         size,
                         mtime_ns,
+                        ctime_ns,
                         inode,
                     };
                     Some((
@@ -120,8 +126,8 @@ impl StatCache {
                 use std::fmt::Write;
                 let _ = writeln!(
                     text,
-                    "{digest} {} {} {} {file}",
-                    stat.size, stat.mtime_ns, stat.inode
+                    "{digest} {} {} {} {} {file}",
+                    stat.size, stat.mtime_ns, stat.ctime_ns, stat.inode
                 );
             }
         }
@@ -228,7 +234,7 @@ pub fn hash_path(root: &Path, path: &RelPath, cache: &StatCache) -> io::Result<O
 }
 
 /// Every file under `dir` with its metadata and its `/`-separated name inside the walked folder
-/// (`prefix` is the name of `dir`), following symbolic links. The stats run on all cores: for a
+/// (`prefix` is the name of `dir`), following symbolic links, leaving out `.kiln` and `.git`. The stats run on all cores: for a
 /// folder of thousands of unchanged files they are most of a no-op run's time.
 /// `DirEntry::metadata` stats relative to the open folder, cheaper than by full path.
 fn walk(
@@ -253,6 +259,11 @@ fn walk(
         let file_name = entry.file_name();
         let name = format!("{prefix}{}", file_name.to_string_lossy());
         if metadata.is_dir() {
+            // Kiln's own state and git's change on every run: a folder dep holding them (the
+            // project root, say) would never be cached.
+            if matches!(file_name.to_str(), Some(".kiln" | ".git")) {
+                continue;
+            }
             walk(&entry.path(), &format!("{name}/"), files, names)?;
         } else if metadata.is_file() {
             files.push((entry.path(), metadata));

@@ -223,6 +223,33 @@ pub fn run(
 
     let environments = match prepare_environments(project, &models, observer) {
         Ok(environments) => environments,
+        // Ctrl-C reaches the installers too (they share Kiln's process group): then the run
+        // was cancelled, not failed.
+        Err(_) if options.cancel.load(Ordering::SeqCst) => {
+            let mut reports = Vec::new();
+            for model in &models {
+                let run_id = run_ids[&model.name];
+                let message = "cancelled while building the python environment";
+                workspace
+                    .registry
+                    .finish_run(run_id, &RunOutcome::bare(Status::Cancelled, Some(message)))?;
+                let (stages, metrics, gates) = (Vec::new(), Vec::new(), Vec::new());
+                reports.push(ModelReport {
+                    model: model.name.clone(),
+                    run_id,
+                    status: Status::Cancelled,
+                    stages,
+                    metrics,
+                    previous: None,
+                    gates,
+                });
+            }
+            return Ok(RunReport {
+                models: reports,
+                failure: Some(FailureKind::Cancelled),
+                duration: started.elapsed(),
+            });
+        }
         Err(error) => {
             for id in run_ids.values() {
                 workspace.registry.finish_run(

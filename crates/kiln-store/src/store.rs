@@ -18,6 +18,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("`{}` changed while Kiln was storing it", path.display())]
+    ChangedWhileStoring { path: PathBuf },
     #[error("object `{digest}` is missing from the store at `{}`", store.display())]
     MissingObject { digest: Digest, store: PathBuf },
 }
@@ -102,6 +104,15 @@ impl Store {
         }
         let temporary = self.temporary();
         fs::copy(source, &temporary).map_err(io_error("copy into the store", source))?;
+        // The copy is hashed again: a file rewritten after it was hashed must not be stored
+        // under a digest that is not its own.
+        let stored = crate::hash_file(&temporary).map_err(io_error("hash", &temporary))?;
+        if stored != *digest {
+            let _ = fs::remove_file(&temporary);
+            return Err(Error::ChangedWhileStoring {
+                path: source.to_path_buf(),
+            });
+        }
         self.commit(&temporary, &target)
     }
 
@@ -156,15 +167,25 @@ impl Store {
         }
         let parent = destination.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(io_error("create", parent))?;
-        let file_name = destination
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temporary = parent.join(format!(".{file_name}.kiln-{}", std::process::id()));
+        // The copy is made in the store's `tmp/` (cleaned after a crash), then renamed into
+        // place; only when the destination is on another file system is it made beside it.
+        let mut temporary = self.temporary();
         fs::copy(&object, &temporary).map_err(io_error("restore", destination))?;
-        set_executable(&temporary, executable)
-            .map_err(io_error("set permissions on", destination))?;
-        fs::rename(&temporary, destination).map_err(io_error("restore", destination))
+        if let Err(error) = fs::rename(&temporary, destination) {
+            if error.kind() != io::ErrorKind::CrossesDevices {
+                let _ = fs::remove_file(&temporary);
+                return Err(io_error("restore", destination)(error));
+            }
+            let _ = fs::remove_file(&temporary);
+            let file_name = destination
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            temporary = parent.join(format!(".{file_name}.kiln-{}", std::process::id()));
+            fs::copy(&object, &temporary).map_err(io_error("restore", destination))?;
+            fs::rename(&temporary, destination).map_err(io_error("restore", destination))?;
+        }
+        set_executable(destination, executable).map_err(io_error("set permissions on", destination))
     }
 
     fn ref_path(&self, namespace: &str, name: &str) -> PathBuf {

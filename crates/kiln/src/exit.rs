@@ -21,7 +21,7 @@ pub const HELP: &str = "Exit codes:
   2    invalid command line or project file
   3    a data check failed
   4    a quality gate failed
-  130  cancelled (Ctrl-C)";
+  130  cancelled (Ctrl-C or SIGTERM)";
 
 pub fn code(value: u8) -> ExitCode {
     ExitCode::from(value)

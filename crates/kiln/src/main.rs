@@ -42,7 +42,7 @@ enum Command {
     Check,
     /// Run the pipeline: stages as a DAG, in parallel, skipping what is unchanged.
     #[command(
-        after_help = "Examples:\n  kiln run\n  kiln run iris --set train.C=0.5\n  kiln run --jobs 4 --junit report.xml --report summary.md\n\nExit codes: 0 success, 1 a stage failed, 2 invalid project or arguments,\n3 a data check failed, 4 a gate failed, 130 cancelled."
+        after_help = "Examples:\n  kiln run\n  kiln run iris --set train.C=0.5\n  kiln run --jobs 4 --junit report.xml --report summary.md\n\nExit codes: 0 success, 1 a stage failed, 2 invalid project or arguments,\n3 a data check failed, 4 a gate failed, 130 cancelled (Ctrl-C or SIGTERM)."
     )]
     Run(commands::RunArgs),
     /// Show which stages would run, and why (which dep, param or command changed).
