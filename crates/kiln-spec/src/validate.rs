@@ -454,12 +454,17 @@ impl ModelReader<'_> {
                 }),
                 Err(error) => {
                     let location = self.at(text.span()).map(|mut location| {
-                        // Point inside the expression: skip the opening quote, if any.
-                        let start = location.range.start
-                            + usize::from(
-                                self.source.text[location.range.start..].starts_with(['"', '\'']),
-                            );
-                        location.range = start + error.range.start..start + error.range.end;
+                        // Point inside the expression when the file holds it verbatim (a plain
+                        // or simply quoted scalar on one line); otherwise underline it whole.
+                        let after = &self.source.text[location.range.start..];
+                        let quoted = after.starts_with(['"', '\'']);
+                        let start = location.range.start + usize::from(quoted);
+                        let verbatim =
+                            self.source.text.get(start..start + text.len()) == Some(text.as_str());
+                        if verbatim {
+                            location.range = start + error.range.start
+                                ..start + error.range.end.min(text.len() + 1);
+                        }
                         location
                     });
                     let mut diagnostic = Diagnostic::new(format!(

@@ -137,3 +137,16 @@ fn outs_that_would_delete_the_project_are_refused() {
     assert_eq!(run.status.code(), Some(2));
     assert!(project.path("kiln.yaml").exists());
 }
+
+#[test]
+fn a_bad_gate_in_a_block_scalar_is_underlined_whole() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      eval: {cmd: echo, metrics: [metrics.json]}\n    gates:\n      - >- # précis\n        accuracy= 0.9\n",
+    );
+    let text = check_fails(&project);
+    assert!(
+        text.contains("invalid gate `accuracy= 0.9`: unexpected character `=`"),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}
