@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 /// Version tag of the cache-key encoding: bump it whenever [`StageInputs::key`] changes, so that
 /// old cache entries are never mistaken for new ones.
-const KEY_ENCODING: &[u8] = b"kiln-stage-key-v1\0";
+const KEY_ENCODING: &[u8] = b"kiln-stage-key-v2\0";
 
 /// Everything that decides what a stage produces.
 #[derive(Debug, Clone, PartialEq)]

@@ -114,7 +114,7 @@ pub fn nested_json(values: &FlatValues) -> Value {
 
 fn scalar_json(value: &Scalar) -> Value {
     match value {
-        Scalar::Number(n) if n.fract() == 0.0 && n.abs() < 9e15 => Value::from(*n as i64),
+        Scalar::Int(i) => Value::from(*i),
         Scalar::Number(n) => serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
         Scalar::Bool(b) => Value::Bool(*b),
         Scalar::Text(t) => Value::String(t.clone()),

@@ -9,6 +9,10 @@ use marked_yaml::Node;
 /// A leaf value of a params or metrics file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scalar {
+    /// An integer literal (`7`): kept apart from floats, since `1` and `1.0` mean different
+    /// things to many libraries (scikit-learn's `max_features`, for one).
+    Int(i64),
+    /// Any other number (`0.5`, `1.0`, `1e-3`).
     Number(f64),
     Bool(bool),
     Text(String),
@@ -26,6 +30,9 @@ impl Scalar {
         }
         let looks_numeric =
             text.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '-' | '+' | '.'));
+        if looks_numeric && let Ok(i) = text.parse::<i64>() {
+            return Scalar::Int(i);
+        }
         match text.parse::<f64>() {
             Ok(n) if looks_numeric && !text.ends_with('.') => Scalar::Number(n),
             _ => Scalar::Text(text.to_string()),
@@ -34,6 +41,7 @@ impl Scalar {
 
     pub fn as_number(&self) -> Option<f64> {
         match self {
+            Scalar::Int(i) => Some(*i as f64),
             Scalar::Number(n) => Some(*n),
             Scalar::Bool(b) => Some(f64::from(u8::from(*b))),
             _ => None,
@@ -43,20 +51,11 @@ impl Scalar {
     /// A stable text form: the same value always encodes the same way (used in cache keys).
     pub fn canonical(&self) -> String {
         match self {
+            Scalar::Int(i) => format!("i:{i}"),
             Scalar::Number(n) => format!("n:{n:?}"),
             Scalar::Bool(b) => format!("b:{b}"),
             Scalar::Text(t) => format!("s:{t}"),
             Scalar::Null => "null".to_string(),
-        }
-    }
-
-    /// The value as JSON.
-    pub fn to_json(&self) -> String {
-        match self {
-            Scalar::Number(n) if n.is_finite() => format!("{n}"),
-            Scalar::Number(_) | Scalar::Null => "null".into(),
-            Scalar::Bool(b) => b.to_string(),
-            Scalar::Text(t) => format!("{t:?}"),
         }
     }
 }
@@ -64,7 +63,8 @@ impl Scalar {
 impl fmt::Display for Scalar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Scalar::Number(n) => write!(f, "{n}"),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Number(n) => write!(f, "{n:?}"),
             Scalar::Bool(b) => write!(f, "{b}"),
             Scalar::Text(t) => f.write_str(t),
             Scalar::Null => f.write_str("null"),
@@ -120,6 +120,10 @@ fn flatten(node: &Node, prefix: String, out: &mut FlatValues) {
         }
     };
     match node {
+        // A quoted scalar (`"1.10"`, `'007'`) is text, whatever it looks like.
+        Node::Scalar(scalar) if !scalar.may_coerce() => {
+            out.insert(prefix, Scalar::Text(scalar.as_str().to_string()));
+        }
         Node::Scalar(scalar) => {
             out.insert(prefix, Scalar::from_yaml(scalar.as_str()));
         }
@@ -159,7 +163,7 @@ mod tests {
         .unwrap();
         assert_eq!(yaml["train.C"], Scalar::Number(0.5));
         assert_eq!(yaml["train.solver"], Scalar::Text("lbfgs".into()));
-        assert_eq!(yaml["layers.1"], Scalar::Number(4.0));
+        assert_eq!(yaml["layers.1"], Scalar::Int(4));
         let json =
             parse_flat(r#"{"accuracy": 0.95, "per_class": {"setosa": 1.0}, "ok": true}"#).unwrap();
         assert_eq!(json["per_class.setosa"], Scalar::Number(1.0));
@@ -177,6 +181,15 @@ mod tests {
     #[test]
     fn numbers_and_text_are_told_apart() {
         assert_eq!(Scalar::from_yaml("1e-3"), Scalar::Number(0.001));
+        assert_eq!(Scalar::from_yaml("7"), Scalar::Int(7));
+        assert_ne!(
+            Scalar::from_yaml("1").canonical(),
+            Scalar::from_yaml("1.0").canonical()
+        );
+        let quoted = parse_flat("version: \"1.10\"\nid: '007'\nC: 1.0\n").unwrap();
+        assert_eq!(quoted["version"], Scalar::Text("1.10".into()));
+        assert_eq!(quoted["id"], Scalar::Text("007".into()));
+        assert_eq!(quoted["C"], Scalar::Number(1.0));
         assert_eq!(Scalar::from_yaml("inf"), Scalar::Text("inf".into()));
         assert_eq!(Scalar::from_yaml("1.2.3"), Scalar::Text("1.2.3".into()));
     }

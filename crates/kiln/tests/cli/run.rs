@@ -65,7 +65,7 @@ fn second_run_is_all_cached() {
             "train: cached"
         ]
     );
-    assert_eq!(project.read("model.txt"), "x\n1\n2\n1");
+    assert_eq!(project.read("model.txt"), "x\n1\n2\n1.0");
 }
 
 #[test]
@@ -77,7 +77,7 @@ fn a_changed_dep_reruns_only_downstream_stages() {
         run_ok(&project, &[]),
         ["evaluate: ran", "lint: ran", "prepare: ran", "train: ran"]
     );
-    assert_eq!(project.read("model.txt"), "x\n1\n2\n3\n1");
+    assert_eq!(project.read("model.txt"), "x\n1\n2\n3\n1.0");
     // The same content again (a new mtime, nothing else): the key is unchanged, the outs are
     // restored from the cache without running anything.
     project.write("raw.csv", "x\n1\n2\n");
@@ -91,7 +91,7 @@ fn a_changed_dep_reruns_only_downstream_stages() {
             "train: restored"
         ]
     );
-    assert_eq!(project.read("model.txt"), "x\n1\n2\n1");
+    assert_eq!(project.read("model.txt"), "x\n1\n2\n1.0");
 }
 
 #[test]
@@ -108,7 +108,7 @@ fn a_changed_param_reruns_only_the_stages_that_read_it() {
             "train: ran"
         ]
     );
-    assert_eq!(project.read("model.txt"), "x\n1\n2\n2");
+    assert_eq!(project.read("model.txt"), "x\n1\n2\n2.0");
 }
 
 #[test]
@@ -155,7 +155,7 @@ fn deleted_outs_are_restored_from_the_cache() {
         ]
     );
     assert_eq!(project.read("data/clean.csv"), "x\n1\n2\n");
-    assert_eq!(project.read("model.txt"), "x\n1\n2\n1");
+    assert_eq!(project.read("model.txt"), "x\n1\n2\n1.0");
 }
 
 #[test]
