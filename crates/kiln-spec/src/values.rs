@@ -106,7 +106,8 @@ pub fn parse_flat(text: &str) -> Result<FlatValues, String> {
     if text.trim().is_empty() {
         return Ok(values);
     }
-    let node = marked_yaml::parse_yaml(0, text).map_err(|e| e.to_string())?;
+    let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);
+    let node = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| e.to_string())?;
     flatten(&node, String::new(), &mut values);
     Ok(values)
 }
