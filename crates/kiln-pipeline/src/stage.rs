@@ -81,6 +81,43 @@ pub(crate) const RUN_CACHE: &str = "stage-cache";
 /// Where folder outs keep their list of files.
 pub(crate) const TREES: &str = "trees";
 
+/// What the stage cache holds for a key, against the outs in the workspace.
+pub(crate) enum CacheState {
+    /// No entry: the command must run.
+    Miss,
+    /// An entry, and the outs hold what it names: nothing to do.
+    Intact(CacheEntry),
+    /// An entry, but outs are missing or modified: restore them from the store.
+    Changed(CacheEntry),
+}
+
+/// The one place that decides between skipping, restoring and running (`kiln run` and
+/// `kiln status` both ask it).
+pub(crate) fn cache_state(
+    store: &Store,
+    root: &Path,
+    stat_cache: &StatCache,
+    key: &Digest,
+) -> Result<CacheState, String> {
+    let entry: Option<CacheEntry> = store
+        .read_ref(RUN_CACHE, &key.to_hex())
+        .map_err(|e| e.to_string())?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let Some(entry) = entry else {
+        return Ok(CacheState::Miss);
+    };
+    for out in &entry.outs {
+        let path =
+            RelPath::resolve(&RelPath::root(), &out.path).ok_or("bad path in cache entry")?;
+        let current = hash_path(root, &path, stat_cache)
+            .map_err(|e| format!("cannot hash out `{path}`: {e}"))?;
+        if current.is_none_or(|c| c.digest != out.digest) {
+            return Ok(CacheState::Changed(entry));
+        }
+    }
+    Ok(CacheState::Intact(entry))
+}
+
 /// Digests of deps, by path (`None`: the dep does not exist).
 pub(crate) type DepDigests = HashMap<RelPath, Option<Digest>>;
 
@@ -157,19 +194,17 @@ fn execute(
     report: &mut StageReport,
 ) -> Result<Outcome, String> {
     let store = context.store;
-    let cached: Option<CacheEntry> = store
-        .read_ref(RUN_CACHE, &key.to_hex())
-        .map_err(|e| e.to_string())?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    if let Some(entry) = cached.filter(|_| !context.force) {
-        let mut intact = true;
-        for out in &entry.outs {
-            let path =
-                RelPath::resolve(&RelPath::root(), &out.path).ok_or("bad path in cache entry")?;
-            let current = hash_path(context.root, &path, context.stat_cache)
-                .map_err(|e| format!("cannot hash out `{path}`: {e}"))?;
-            intact &= current.is_some_and(|c| c.digest == out.digest);
-        }
+    let state = if context.force {
+        CacheState::Miss
+    } else {
+        cache_state(store, context.root, context.stat_cache, key)?
+    };
+    let (entry, intact) = match state {
+        CacheState::Intact(entry) => (Some(entry), true),
+        CacheState::Changed(entry) => (Some(entry), false),
+        CacheState::Miss => (None, false),
+    };
+    if let Some(entry) = entry {
         // Checks are not part of the cache key (they may have been tightened since): run them.
         let checked = |report: &mut StageReport, outcome: Outcome| {
             report.checks = run_checks(stage, context.root);

@@ -9,7 +9,7 @@ use crate::Error;
 use crate::params::model_params;
 use crate::python_env::{EnvOptions, requirements_key};
 use crate::run::select_stages;
-use crate::stage::{hash_source_deps, stage_inputs_now};
+use crate::stage::{CacheState, cache_state, hash_source_deps, stage_inputs_now};
 use crate::workspace::Workspace;
 
 /// The state of one stage.
@@ -17,6 +17,9 @@ use crate::workspace::Workspace;
 pub enum StageStatus {
     /// Would be skipped.
     UpToDate,
+    /// Would be restored from the cache (outs missing or modified, or inputs back to a state
+    /// that already ran), without running, for these reasons.
+    WillRestore(Vec<String>),
     /// Would run, for these reasons.
     Stale(Vec<String>),
     /// Never ran in this workspace.
@@ -59,33 +62,44 @@ pub fn status(
             &params[id.model.as_str()],
         )
         .map_err(Error::Status)?;
-        let mut reasons = workspace
-            .registry
-            .stage_state(&id.to_string())?
-            .map(|(_, previous)| inputs.changes_since(&previous));
-        for up in upstream.get(id).into_iter().flatten() {
-            if let Some(StageStatus::Stale(_) | StageStatus::NeverRun) = result.get(up)
-                && let Some(reasons) = reasons.as_mut()
-            {
-                reasons.push(format!("upstream stage `{up}` is stale"));
-            }
-        }
-        let status = match reasons {
-            None => StageStatus::NeverRun,
-            Some(reasons) if reasons.is_empty() => {
-                let missing: Vec<String> = stage
-                    .outs
-                    .iter()
-                    .filter(|o| !o.to_path(&project.root).exists())
-                    .map(|o| format!("out `{o}` is missing (will be restored from the cache)"))
-                    .collect();
-                if missing.is_empty() {
-                    StageStatus::UpToDate
-                } else {
-                    StageStatus::Stale(missing)
+        let previous = workspace.registry.stage_state(&id.to_string())?;
+        let mut reasons = previous
+            .as_ref()
+            .map(|(_, inputs_then)| inputs.changes_since(inputs_then))
+            .unwrap_or_default();
+        let upstream_stale: Vec<String> = upstream
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter(|up| result.get(*up).is_some_and(|s| *s != StageStatus::UpToDate))
+            .map(|up| format!("upstream stage `{up}` is not up to date"))
+            .collect();
+        let state = cache_state(
+            &workspace.store,
+            &project.root,
+            &workspace.stat_cache,
+            &inputs.key(),
+        )
+        .map_err(Error::Status)?;
+        let status = if !upstream_stale.is_empty() {
+            reasons.extend(upstream_stale);
+            StageStatus::Stale(reasons)
+        } else {
+            match state {
+                CacheState::Intact(_) => StageStatus::UpToDate,
+                CacheState::Changed(_) => {
+                    reasons
+                        .push("its outs differ from the cached result of these inputs".to_string());
+                    StageStatus::WillRestore(reasons)
+                }
+                CacheState::Miss if previous.is_none() => StageStatus::NeverRun,
+                CacheState::Miss => {
+                    if reasons.is_empty() {
+                        reasons.push("no cached result for its inputs".to_string());
+                    }
+                    StageStatus::Stale(reasons)
                 }
             }
-            Some(reasons) => StageStatus::Stale(reasons),
         };
         result.insert(id.clone(), status.clone());
         ordered.push((id.clone(), status));

@@ -276,34 +276,26 @@ pub fn status(root: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let project = load(root)?;
     let workspace = Workspace::open(&project.root)?;
     let stages = kiln_pipeline::status(&workspace, &project, &args.models)?;
+    let described = stages.iter().map(|(id, status)| {
+        let (word, reasons): (&str, &[String]) = match status {
+            StageStatus::UpToDate => ("up to date", &[]),
+            StageStatus::NeverRun => ("never run", &[]),
+            StageStatus::WillRestore(reasons) => ("will be restored from the cache", reasons),
+            StageStatus::Stale(reasons) => ("stale", reasons),
+        };
+        (id, word, reasons)
+    });
     if args.json {
-        let items: Vec<_> = stages
-            .iter()
-            .map(|(id, status)| match status {
-                StageStatus::UpToDate => {
-                    json!({"stage": id.to_string(), "status": "up to date", "reasons": []})
-                }
-                StageStatus::NeverRun => {
-                    json!({"stage": id.to_string(), "status": "never run", "reasons": []})
-                }
-                StageStatus::Stale(reasons) => {
-                    json!({"stage": id.to_string(), "status": "stale", "reasons": reasons})
-                }
-            })
+        let items: Vec<_> = described
+            .map(|(id, word, reasons)| json!({"stage": id.to_string(), "status": word, "reasons": reasons}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(exit::code(exit::SUCCESS));
     }
-    for (id, status) in &stages {
-        match status {
-            StageStatus::UpToDate => println!("{id}: up to date"),
-            StageStatus::NeverRun => println!("{id}: never run"),
-            StageStatus::Stale(reasons) => {
-                println!("{id}: stale");
-                for reason in reasons {
-                    println!("    {reason}");
-                }
-            }
+    for (id, word, reasons) in described {
+        println!("{id}: {word}");
+        for reason in reasons {
+            println!("    {reason}");
         }
     }
     Ok(exit::code(exit::SUCCESS))

@@ -575,3 +575,39 @@ fn set_reaches_only_the_models_that_have_the_param() {
         "{runs}"
     );
 }
+
+#[test]
+fn status_agrees_with_run_about_restoring() {
+    let project = chain();
+    run_ok(&project, &[]);
+    run_ok(&project, &["--set", "train.C=3.0"]);
+    // params.yaml still says 1.0, which already ran: train's result is restored, not rerun.
+    let status = stdout(&project.kiln(&["status", "--json"]));
+    let items: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let train = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["stage"] == "m/train")
+        .unwrap();
+    assert_eq!(
+        train["status"], "will be restored from the cache",
+        "{status}"
+    );
+    assert_eq!(
+        run_ok(&project, &[]),
+        [
+            "evaluate: cached",
+            "lint: cached",
+            "prepare: cached",
+            "train: restored"
+        ]
+    );
+    std::fs::write(project.path("lint.txt"), "tampered").unwrap();
+    let status = stdout(&project.kiln(&["status"]));
+    assert!(
+        status.contains("m/lint: will be restored from the cache"),
+        "{status}"
+    );
+    assert!(status.contains("m/train: up to date"), "{status}");
+}
