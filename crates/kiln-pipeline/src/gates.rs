@@ -34,21 +34,27 @@ impl GateReport {
     }
 }
 
-/// Reads the model's metrics files: numeric leaves, flattened with dots.
-pub(crate) fn read_metrics(root: &Path, model: &Model) -> Vec<(String, f64)> {
+/// Reads the model's metrics files: numeric leaves, flattened with dots. A file that cannot
+/// be read or parsed is reported (the second list), not silently skipped: a gate on it would
+/// otherwise only say that the metric is missing.
+pub(crate) fn read_metrics(root: &Path, model: &Model) -> (Vec<(String, f64)>, Vec<String>) {
     let mut metrics = BTreeMap::new();
+    let mut problems = Vec::new();
     for stage in &model.stages {
         for file in &stage.metrics {
-            if let Ok(values) = read_flat(&file.to_path(root)) {
-                for (key, value) in values {
-                    if let Some(number) = value.as_number() {
-                        metrics.insert(key, number);
+            match read_flat(&file.to_path(root)) {
+                Ok(values) => {
+                    for (key, value) in values {
+                        if let Some(number) = value.as_number() {
+                            metrics.insert(key, number);
+                        }
                     }
                 }
+                Err(error) => problems.push(format!("metrics of stage `{}`: {error}", stage.id)),
             }
         }
     }
-    metrics.into_iter().collect()
+    (metrics.into_iter().collect(), problems)
 }
 
 pub(crate) fn evaluate_gates(

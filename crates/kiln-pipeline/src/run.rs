@@ -108,6 +108,8 @@ pub struct StageReport {
     pub checks: Vec<CheckResult>,
     /// What the outs held when the stage succeeded (ran, cached or restored).
     pub(crate) outs: Vec<crate::stage::CachedOut>,
+    /// Something the user should know that did not fail the stage.
+    pub warning: Option<String>,
 }
 
 impl StageReport {
@@ -120,6 +122,7 @@ impl StageReport {
             key: None,
             checks: Vec::new(),
             outs: Vec::new(),
+            warning: None,
         }
     }
 }
@@ -135,6 +138,9 @@ pub struct ModelReport {
     /// Metrics of the model's previous run that had metrics, for deltas.
     pub previous: Option<(RunId, Vec<(String, f64)>)>,
     pub gates: Vec<GateReport>,
+    /// Things that went wrong without failing a stage (an unreadable metrics file, an out that
+    /// could not be restored and was rebuilt), for the user to see.
+    pub warnings: Vec<String>,
 }
 
 /// Why a run did not succeed, from the most to the least fundamental.
@@ -242,6 +248,7 @@ pub fn run(
                     metrics,
                     previous: None,
                     gates,
+                    warnings: Vec::new(),
                 });
             }
             return Ok(RunReport {
@@ -310,11 +317,12 @@ pub fn run(
             .iter()
             .any(|s| s.outcome == Outcome::Failed(Failure::Checks));
         let all_done = stages.iter().all(|s| s.outcome.succeeded());
-        let metrics = if all_done {
+        let (metrics, mut warnings) = if all_done {
             read_metrics(&project.root, model)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
+        warnings.extend(stages.iter().filter_map(|s| s.warning.clone()));
         // Reports compare with the previous run; `previous.NAME` in gates with the previous green one.
         let registry = &workspace.registry;
         let previous = match registry.previous_run_with_metrics(&model.name, Some(run_id), false)? {
@@ -403,6 +411,7 @@ pub fn run(
             metrics,
             previous,
             gates,
+            warnings,
         });
     }
     // A served model follows its latest green run.

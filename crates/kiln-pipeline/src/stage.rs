@@ -218,11 +218,19 @@ fn execute(
             report.outs = entry.outs.clone();
             return Ok(checked(report, Outcome::Cached));
         }
-        if restore(&entry, context).is_ok() {
-            report.outs = entry.outs.clone();
-            return Ok(checked(report, Outcome::Restored));
+        match restore(&entry, context) {
+            Ok(()) => {
+                report.outs = entry.outs.clone();
+                return Ok(checked(report, Outcome::Restored));
+            }
+            // Objects missing from the store, say: run the command instead, and say so.
+            Err(error) => {
+                report.warning = Some(format!(
+                    "could not restore the outs of `{}` from the cache ({error}): ran its command instead",
+                    stage.id
+                ));
+            }
         }
-        // Objects missing from the store: fall through and run the command.
     }
 
     // Outs are removed first, so that nothing stale survives and a missing out is noticed.

@@ -197,6 +197,9 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        for warning in &model.warnings {
+            eprintln!("warning: {warning}");
+        }
         if !model.gates.is_empty() {
             eprintln!("\n{}", report::gate_table(model));
         }

@@ -611,3 +611,18 @@ fn status_agrees_with_run_about_restoring() {
     );
     assert!(status.contains("m/train: up to date"), "{status}");
 }
+
+#[test]
+fn an_unreadable_metrics_file_is_named() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      eval: {cmd: 'echo \"{accuracy: [\" > metrics.json', metrics: [metrics.json]}\n    gates: [\"accuracy >= 0.9\"]\n",
+    );
+    let output = project.kiln(&["run"]);
+    assert_eq!(output.status.code(), Some(4));
+    let text = stderr(&output);
+    assert!(
+        text.contains("warning: metrics of stage `m/eval`: `")
+            && text.contains("metrics.json` is not valid YAML or JSON"),
+        "{text}"
+    );
+}
