@@ -15,6 +15,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The server allocates per request on many threads; mimalloc handles that better than glibc's
+// malloc (see BENCHMARKS.md, serving).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ABOUT: &str =
     "Kiln: a git commit goes in; a trained, tested, gated, versioned model comes out.";
 
