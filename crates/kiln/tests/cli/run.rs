@@ -346,16 +346,7 @@ fn ctrl_c_cancels_the_running_commands() {
     let project = TestProject::new(
         "models:\n  m:\n    stages:\n      slow: {cmd: 'sleep 30 & echo $! > child.pid; wait', outs: [never.txt]}\n",
     );
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
-        .arg("run")
-        .current_dir(project.root())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !project.path("child.pid").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_run_until(&project, "child.pid");
     std::thread::sleep(Duration::from_millis(200));
     let sleep_pid: i32 = project.read("child.pid").trim().parse().unwrap();
     assert!(
@@ -390,16 +381,7 @@ fn kill_9_mid_run_is_recovered_by_the_next_command() {
     let project = TestProject::new(
         "models:\n  m:\n    stages:\n      slow: {cmd: 'echo started > started.txt; sleep 30; echo x > out.txt', outs: [out.txt]}\n",
     );
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
-        .arg("run")
-        .current_dir(project.root())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !project.path("started.txt").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_run_until(&project, "started.txt");
     child.kill().unwrap();
     child.wait().unwrap();
     let runs = stdout(&project.kiln(&["runs", "--json"]));
@@ -429,16 +411,7 @@ fn a_second_concurrent_run_is_refused() {
     let project = TestProject::new(
         "models:\n  m:\n    stages:\n      slow: {cmd: 'touch started && sleep 2 && echo x > out.txt', outs: [out.txt]}\n",
     );
-    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
-        .arg("run")
-        .current_dir(project.root())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !project.path("started").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut first = spawn_run_until(&project, "started");
     let second = project.kiln(&["run"]);
     assert_eq!(second.status.code(), Some(1));
     assert!(
@@ -625,4 +598,20 @@ fn an_unreadable_metrics_file_is_named() {
             && text.contains("metrics.json` is not valid YAML or JSON"),
         "{text}"
     );
+}
+
+/// Starts `kiln run` in the background and waits (up to 10 s) until the stage has written
+/// `marker`, i.e. until a stage command is running.
+fn spawn_run_until(project: &TestProject, marker: &str) -> std::process::Child {
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .arg("run")
+        .current_dir(project.root())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !project.path(marker).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
