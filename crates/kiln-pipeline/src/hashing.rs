@@ -249,7 +249,13 @@ fn walk(
         .map(|entry| {
             let metadata = entry.metadata()?;
             if metadata.is_symlink() {
-                fs::metadata(entry.path())
+                let path = entry.path();
+                fs::metadata(&path).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("`{}` is a link to nothing readable: {e}", path.display()),
+                    )
+                })
             } else {
                 Ok(metadata)
             }

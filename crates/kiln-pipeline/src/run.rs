@@ -415,12 +415,18 @@ pub fn run(
         });
     }
     // A served model follows its latest green run.
-    for report in &reports {
+    // The run is recorded by now: a failure here is a warning, not a lost report.
+    for report in &mut reports {
         let has_artifact = project
             .model(&report.model)
             .is_some_and(|m| m.artifact.is_some());
-        if report.status == Status::Succeeded && has_artifact {
-            crate::artifact::publish(workspace, project, &report.model)?;
+        if report.status == Status::Succeeded
+            && has_artifact
+            && let Err(error) = crate::artifact::publish(workspace, project, &report.model)
+        {
+            report.warnings.push(format!(
+                "could not publish the artifact for serving: {error}"
+            ));
         }
     }
     Ok(RunReport {
