@@ -74,29 +74,23 @@ impl Metrics {
             "Prediction requests by model, model version and HTTP status",
             requests.clone(),
         );
-        let request_duration: HistogramFamily<ModelLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register_with_unit(
+        let mut latency = |name: &str, help: &str| {
+            let family: HistogramFamily<ModelLabels> =
+                Family::new_with_constructor(latency_histogram);
+            registry.register_with_unit(name, help, Unit::Seconds, family.clone());
+            family
+        };
+        let request_duration = latency(
             "kiln_request_duration",
             "Time from receiving a prediction request to sending its response",
-            Unit::Seconds,
-            request_duration.clone(),
         );
-        let queue_duration: HistogramFamily<ModelLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register_with_unit(
+        let queue_duration = latency(
             "kiln_queue_duration",
             "Time a request waited for its batch to start",
-            Unit::Seconds,
-            queue_duration.clone(),
         );
-        let inference_duration: HistogramFamily<ModelLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register_with_unit(
+        let inference_duration = latency(
             "kiln_inference_duration",
             "Time the model took to run one batch",
-            Unit::Seconds,
-            inference_duration.clone(),
         );
         let batch_rows: HistogramFamily<ModelLabels> =
             Family::new_with_constructor(batch_histogram);

@@ -5,6 +5,7 @@
 
 mod commands;
 mod exit;
+mod files;
 mod init_cmd;
 mod report;
 mod serve_cmd;

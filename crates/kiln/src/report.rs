@@ -12,17 +12,6 @@ use serde_json::{Value, json};
 
 use crate::ui;
 
-/// Writes `contents` to `path` atomically (temp file, then rename).
-fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    std::fs::write(&temporary, contents)?;
-    std::fs::rename(&temporary, path)
-}
-
 /// Each gate, the values it read, and its verdict.
 pub fn gate_table(model: &ModelReport) -> String {
     let width = model
@@ -124,7 +113,7 @@ pub fn write_junit(path: &Path, result: &RunReport) -> std::io::Result<()> {
         report.add_test_suite(suite);
     }
     let xml = report.to_string().map_err(std::io::Error::other)?;
-    write_atomically(path, xml.as_bytes())
+    crate::files::write_atomically(path, xml.as_bytes())
 }
 
 /// A Markdown summary: verdict, metrics with deltas against the previous run, gates, stages.
@@ -189,7 +178,7 @@ pub fn write_markdown(path: &Path, result: &RunReport) -> std::io::Result<()> {
         }
         md.push_str("\n</details>\n\n");
     }
-    write_atomically(path, md.as_bytes())
+    crate::files::write_atomically(path, md.as_bytes())
 }
 
 pub fn run_json(result: &RunReport) -> Value {
