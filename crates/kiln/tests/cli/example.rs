@@ -63,15 +63,9 @@ fn the_iris_example_trains_checks_and_gates() {
     // broken model in the workspace does not matter.
     std::fs::write(dir.path().join("models/iris/model.onnx"), b"garbage").unwrap();
     let port = free_port();
-    let started = Instant::now();
     let mut server = spawn_serve(dir.path(), &["iris", "--port", &port.to_string()]);
     let line = wait_listening(&mut server);
     assert!(line.contains("(models: iris)"), "{line}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?} to be ready",
-        started.elapsed()
-    );
     let columns = json!(["sepal_length", "sepal_width", "petal_length", "petal_width"]);
     let (status, body) = post(
         port,
@@ -100,7 +94,7 @@ fn the_iris_example_trains_checks_and_gates() {
         .output()
         .unwrap();
     assert_eq!(newer.status.code(), Some(0), "{}", stderr(&newer));
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let metadata: Value =
             reqwest::blocking::get(format!("http://127.0.0.1:{port}/v2/models/iris"))

@@ -170,25 +170,34 @@ fn force_reruns_everything() {
 
 #[test]
 fn independent_stages_run_in_parallel() {
-    let project = TestProject::new(
-        "models:\n  m:\n    stages:\n      a: {cmd: sleep 1 && date +%s%N > a.txt, outs: [a.txt]}\n      b: {cmd: sleep 1 && date +%s%N > b.txt, outs: [b.txt]}\n",
-    );
-    let started = Instant::now();
+    // Each stage waits (up to 20 s) for the other to have started: run one at a time, the first
+    // would give up and fail.
+    let rendezvous = |me: &str, other: &str| {
+        format!(
+            "touch {me}.started; i=0; while [ ! -f {other}.started ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; test -f {other}.started && echo {me} > {me}.txt"
+        )
+    };
+    let project = TestProject::new(&format!(
+        "models:\n  m:\n    stages:\n      a: {{cmd: '{}', outs: [a.txt]}}\n      b: {{cmd: '{}', outs: [b.txt]}}\n",
+        rendezvous("a", "b"),
+        rendezvous("b", "a")
+    ));
     run_ok(&project, &["--jobs", "2"]);
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed < Duration::from_millis(1900),
-        "two 1 s stages took {elapsed:?}: they did not overlap"
-    );
 
+    // With one job, each stage starts after the other has finished.
     let project = TestProject::new(
-        "models:\n  m:\n    stages:\n      a: {cmd: sleep 1 && echo a > a.txt, outs: [a.txt]}\n      b: {cmd: sleep 1 && echo b > b.txt, outs: [b.txt]}\n",
+        "models:\n  m:\n    stages:\n      a: {cmd: 'echo start a >> order; sleep 0.2; echo end a >> order; echo a > a.txt', outs: [a.txt]}\n      b: {cmd: 'echo start b >> order; sleep 0.2; echo end b >> order; echo b > b.txt', outs: [b.txt]}\n",
     );
-    let started = Instant::now();
     run_ok(&project, &["--jobs", "1"]);
+    let order = project.read("order");
+    let lines: Vec<&str> = order.lines().collect();
+    assert_eq!(lines.len(), 4, "{order}");
     assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "--jobs 1 must run one stage at a time"
+        lines[0].starts_with("start")
+            && lines[1].starts_with("end")
+            && lines[2].starts_with("start")
+            && lines[3].starts_with("end"),
+        "--jobs 1 must run one stage at a time: {order}"
     );
 }
 
@@ -347,8 +356,7 @@ fn ctrl_c_cancels_the_running_commands() {
         "models:\n  m:\n    stages:\n      slow: {cmd: 'sleep 30 & echo $! > child.pid; wait', outs: [never.txt]}\n",
     );
     let mut child = spawn_run_until(&project, "child.pid");
-    std::thread::sleep(Duration::from_millis(200));
-    let sleep_pid: i32 = project.read("child.pid").trim().parse().unwrap();
+    let sleep_pid: i32 = wait_for(|| project.read("child.pid").trim().parse().ok());
     assert!(
         std::process::Command::new("kill")
             .args(["-INT", &child.id().to_string()])
@@ -356,16 +364,11 @@ fn ctrl_c_cancels_the_running_commands() {
             .unwrap()
             .success()
     );
-    let started = Instant::now();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    assert!(started.elapsed() < Duration::from_secs(8));
-    // The grandchild `sleep` was in the stage's process group: it is gone too.
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        !process_running(sleep_pid),
-        "the stage's children were left running"
-    );
+    // The grandchild `sleep` was in the stage's process group: it is gone too (signals are
+    // delivered asynchronously, hence the wait).
+    wait_for(|| (!process_running(sleep_pid)).then_some(()));
     let runs = stdout(&project.kiln(&["runs", "--json"]));
     assert!(runs.contains("\"status\": \"cancelled\""), "{runs}");
     // The database is usable and the next run starts clean.
@@ -409,10 +412,11 @@ fn process_running(pid: i32) -> bool {
 #[test]
 fn a_second_concurrent_run_is_refused() {
     let project = TestProject::new(
-        "models:\n  m:\n    stages:\n      slow: {cmd: 'touch started && sleep 2 && echo x > out.txt', outs: [out.txt]}\n",
+        "models:\n  m:\n    stages:\n      slow: {cmd: 'touch started; while [ ! -f go ]; do sleep 0.05; done; echo x > out.txt', outs: [out.txt]}\n",
     );
     let mut first = spawn_run_until(&project, "started");
     let second = project.kiln(&["run"]);
+    project.write("go", "");
     assert_eq!(second.status.code(), Some(1));
     assert!(
         stderr(&second).contains("another `kiln run` is running in this project"),
@@ -501,14 +505,14 @@ fn tightened_checks_fail_a_cached_stage() {
 #[test]
 fn nothing_a_stage_starts_outlives_it() {
     let project = TestProject::new(
-        "models:\n  m:\n    stages:\n      a: {cmd: '(sleep 2; echo late > late.txt) & echo x > a.txt', outs: [a.txt]}\n",
+        "models:\n  m:\n    stages:\n      a: {cmd: '(sleep 30; echo late > late.txt) & echo $! > background.pid; echo x > a.txt', outs: [a.txt]}\n",
     );
     run_ok(&project, &[]);
-    std::thread::sleep(Duration::from_millis(2500));
-    assert!(
-        !project.path("late.txt").exists(),
-        "a background process of the stage kept running"
-    );
+    // Killed before the stage's outs were stored (signals are delivered asynchronously, hence
+    // the wait; the process would otherwise live for 30 s).
+    let pid: i32 = project.read("background.pid").trim().parse().unwrap();
+    wait_for(|| (!process_running(pid)).then_some(()));
+    assert!(!project.path("late.txt").exists());
 }
 
 #[test]
@@ -609,9 +613,19 @@ fn spawn_run_until(project: &TestProject, marker: &str) -> std::process::Child {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !project.path(marker).exists() && Instant::now() < deadline {
+    wait_for(|| project.path(marker).exists().then_some(()));
+    child
+}
+
+/// Polls `probe` until it gives a value; panics after 30 s (a generous bound for loaded CI
+/// machines: the tests wait on events, not on durations).
+fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for an event");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
 }

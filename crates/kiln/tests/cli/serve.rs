@@ -76,7 +76,8 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
-const SLOW_MODEL: &str = r#"import time
+const SLOW_MODEL: &str = r#"import os
+import time
 
 SIGNATURE = {
     "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 2]}],
@@ -87,6 +88,7 @@ SIGNATURE = {
 def predict(inputs):
     x = inputs["x"]
     if (x == 999).any():
+        open(os.path.join(os.path.dirname(__file__), "slow-request-started"), "w").close()
         time.sleep(1.5)
     return {"sum": x.sum(axis=1) + 0.5}
 "#;
@@ -121,7 +123,12 @@ fn a_predict_py_model_serves_and_sigterm_drains_in_flight_requests() {
     // SIGTERM while a slow request is in flight: it completes, then the process exits 0.
     let request =
         std::thread::spawn(move || post(port, "/invocations", &json!({"inputs": [[999, 1]]})));
-    std::thread::sleep(Duration::from_millis(400));
+    let started = dir.path().join("slow/slow-request-started");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        assert!(std::time::Instant::now() < deadline, "the slow request never reached the model");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let exit = terminate(&mut child);
     assert_eq!(
         request.join().unwrap(),
