@@ -126,7 +126,10 @@ fn a_predict_py_model_serves_and_sigterm_drains_in_flight_requests() {
     let started = dir.path().join("slow/slow-request-started");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !started.exists() {
-        assert!(std::time::Instant::now() < deadline, "the slow request never reached the model");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never reached the model"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let exit = terminate(&mut child);
