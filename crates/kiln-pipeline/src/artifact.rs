@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use kiln_registry::{RunId, Status};
-use kiln_spec::{Project, RelPath};
-use kiln_store::{Digest, EntryKind, Tree};
+use kiln_registry::{OutKind, RunId, StageOut, Status};
+use kiln_spec::{Model, Project, RelPath};
+use kiln_store::Digest;
 
 use crate::Error;
-use crate::stage::{CachedOut, TREES};
+use crate::stage::read_tree;
 use crate::workspace::Workspace;
 
 /// A model's artifact from one run.
@@ -33,44 +33,72 @@ pub fn latest_artifact(
     let declared = project
         .model(model)
         .ok_or_else(|| Error::unknown_model(project, model))?;
-    let artifact = declared.artifact.clone().ok_or_else(|| {
-        Error::Artifact(format!(
-            "model `{model}` declares no `artifact` in `{}`",
-            project.file.display()
-        ))
-    })?;
+    declared_artifact(project, declared)?;
     let run = workspace
         .registry
         .runs(Some(model), RUNS_SEARCHED)?
         .into_iter()
         .find(|run| run.status == Status::Succeeded)
-        .ok_or_else(|| {
-            Error::Artifact(format!(
-                "model `{model}` has no succeeded run yet: run `kiln run {model}` first"
-            ))
+        .ok_or_else(|| Error::NoGreenRun {
+            model: model.to_string(),
         })?;
     let detail = workspace.registry.run(run.id)?;
     // The outs as this run recorded them: the stage cache may hold a later run's by now.
-    for stage in &detail.stages {
-        let Some(outs) = &stage.outs else { continue };
-        let Ok(outs) = serde_json::from_str::<Vec<CachedOut>>(outs) else {
+    run_artifact(
+        workspace,
+        project,
+        declared,
+        run.id,
+        detail.stages.iter().flat_map(|stage| &stage.outs),
+    )
+}
+
+/// The artifact a model declares, or an error saying it declares none.
+fn declared_artifact<'a>(project: &Project, model: &'a Model) -> Result<&'a RelPath, Error> {
+    model.artifact.as_ref().ok_or_else(|| Error::NoArtifact {
+        model: model.name.clone(),
+        file: project.file.clone(),
+    })
+}
+
+/// The artifact of `model` as run `run` recorded its outs, materialised under
+/// `.kiln/artifacts/`. Shared by [`latest_artifact`] and the servable check of a run that is
+/// not green yet.
+pub(crate) fn run_artifact<'a>(
+    workspace: &Workspace,
+    project: &Project,
+    model: &Model,
+    run: RunId,
+    outs: impl IntoIterator<Item = &'a StageOut>,
+) -> Result<Artifact, Error> {
+    let artifact = declared_artifact(project, model)?;
+    for out in outs {
+        // Outs were paths of the project when they were recorded.
+        let Some(out_path) = RelPath::resolve(&RelPath::root(), &out.path) else {
             continue;
         };
-        for out in &outs {
-            let Some(out_path) = RelPath::resolve(&RelPath::root(), &out.path) else {
-                continue;
-            };
-            if artifact.is_within(&out_path) {
-                return materialise(
-                    workspace, model, run.id, &artifact, &out_path, out.kind, out.digest,
-                );
-            }
+        if artifact.is_within(&out_path) {
+            let digest = Digest::from_hex(&out.digest).ok_or_else(|| Error::BadDigest {
+                run,
+                path: out.path.clone(),
+                digest: out.digest.clone(),
+            })?;
+            return materialise(
+                workspace,
+                &model.name,
+                run,
+                artifact,
+                &out_path,
+                out,
+                digest,
+            );
         }
     }
-    Err(Error::Artifact(format!(
-        "run {} of model `{model}` recorded no out holding `{artifact}`",
-        run.id
-    )))
+    Err(Error::ArtifactNotRecorded {
+        model: model.name.clone(),
+        run,
+        artifact: artifact.clone(),
+    })
 }
 
 fn materialise(
@@ -78,8 +106,8 @@ fn materialise(
     model: &str,
     run: RunId,
     artifact: &RelPath,
-    out: &RelPath,
-    kind: EntryKind,
+    out_path: &RelPath,
+    out: &StageOut,
     digest: Digest,
 ) -> Result<Artifact, Error> {
     let name = artifact
@@ -88,24 +116,14 @@ fn materialise(
         .next()
         .unwrap_or("artifact")
         .to_string();
-    let files: Vec<(String, Digest, bool)> = match kind {
-        EntryKind::File => vec![(String::new(), digest, false)],
-        EntryKind::Dir => {
-            let bytes = workspace
-                .store
-                .read_ref(TREES, &digest.to_hex())?
-                .ok_or_else(|| {
-                    Error::Artifact(format!(
-                        "the file list of `{out}` is missing from the store"
-                    ))
-                })?;
-            let tree: Tree = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Artifact(format!("the file list of `{out}` is damaged: {e}"))
-            })?;
+    let files: Vec<(String, Digest, bool)> = match out.kind {
+        OutKind::File => vec![(String::new(), digest, out.executable)],
+        OutKind::Dir => {
+            let tree = read_tree(&workspace.store, out_path, &digest)?;
             // The artifact may be the whole folder or a part of it.
             let inner = artifact
                 .as_str()
-                .strip_prefix(out.as_str())
+                .strip_prefix(out_path.as_str())
                 .unwrap_or("")
                 .trim_start_matches('/')
                 .to_string();
@@ -125,6 +143,14 @@ fn materialise(
                 .collect()
         }
     };
+    if files.is_empty() {
+        return Err(Error::ArtifactMissing {
+            model: model.to_string(),
+            run,
+            out: out_path.clone(),
+            artifact: artifact.clone(),
+        });
+    }
     let single_file = files.len() == 1 && files[0].0.is_empty();
     let identity = if single_file { files[0].1 } else { digest };
     let path = workspace

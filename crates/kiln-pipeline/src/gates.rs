@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use kiln_registry::GateVerdict;
 use kiln_spec::Model;
 use kiln_spec::gate::{Lookup, Verdict, is_reference};
 use kiln_spec::values::read_flat;
@@ -17,6 +18,16 @@ pub struct GateReport {
 }
 
 impl GateReport {
+    /// The verdict as the run records it.
+    pub fn recorded_verdict(&self) -> GateVerdict {
+        match self.verdict {
+            Verdict::Pass => GateVerdict::Pass,
+            Verdict::Fail => GateVerdict::Fail,
+            Verdict::Skipped(_) => GateVerdict::Skipped,
+            Verdict::UnknownMetric(_) => GateVerdict::Error,
+        }
+    }
+
     pub fn detail(&self) -> String {
         match &self.verdict {
             Verdict::Skipped(reason) => reason.clone(),

@@ -20,14 +20,21 @@ pub mod workspace;
 
 use std::path::{Path, PathBuf};
 
+use kiln_registry::RunId;
+use kiln_spec::RelPath;
+
 pub use artifact::{Artifact, latest_artifact, publish};
 pub use params::Override;
-pub use run::{Event, FailureKind, Observer, Outcome, RunOptions, RunReport, run};
+pub use run::{
+    ArtifactCheck, Event, FailureKind, Observer, Outcome, RunOptions, RunReport,
+    ServabilityFailure, run,
+};
 pub use status::{StageStatus, status};
 pub use workspace::Workspace;
 
 /// A pipeline operation that failed before or outside the stages themselves (a failing stage
-/// is a result, not an error: see [`RunReport`]).
+/// is a result, not an error: see [`RunReport`]; Kiln failing to do its part for one stage is
+/// recorded as that stage's [`run::Failure::Internal`], with one of these as the cause).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot {action} `{}`", path.display())]
@@ -54,12 +61,55 @@ pub enum Error {
     UnknownModel { name: String, known: String },
     #[error(transparent)]
     PythonEnv(#[from] python_env::PythonEnvError),
-    #[error("{0}")]
-    Status(String),
-    #[error("{0}")]
-    Artifact(String),
     #[error("another `kiln run` is running in this project")]
     Busy,
+    #[error("cannot hash `{path}`")]
+    Hash {
+        path: RelPath,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start `sh -c {command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the stage cache entry `{key}` names `{path}`, which is not a path in the project")]
+    CacheEntryPath { key: String, path: String },
+    #[error("the file list of `{out}` (`{digest}`) is missing from the store")]
+    TreeMissing { out: RelPath, digest: String },
+    #[error("the file list of `{out}` is damaged")]
+    TreeDamaged {
+        out: RelPath,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the object of `{path}` is missing from the store")]
+    ObjectMissing { path: RelPath },
+    #[error("model `{model}` declares no `artifact` in `{}`", file.display())]
+    NoArtifact { model: String, file: PathBuf },
+    #[error("model `{model}` has no succeeded run yet")]
+    NoGreenRun { model: String },
+    #[error("run {run} of model `{model}` recorded no out holding its artifact `{artifact}`")]
+    ArtifactNotRecorded {
+        model: String,
+        run: RunId,
+        artifact: RelPath,
+    },
+    #[error("the out `{out}` of run {run} holds no `{artifact}`, the artifact of model `{model}`")]
+    ArtifactMissing {
+        model: String,
+        run: RunId,
+        out: RelPath,
+        artifact: RelPath,
+    },
+    #[error("run {run} recorded the out `{path}` with a digest that is not one: `{digest}`")]
+    BadDigest {
+        run: RunId,
+        path: String,
+        digest: String,
+    },
 }
 
 impl Error {
@@ -76,6 +126,35 @@ impl Error {
             action,
             path: path.to_path_buf(),
             source,
+        }
+    }
+
+    /// What the user can do about it, when Kiln knows; shown apart from the message.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Busy => {
+                Some("wait for it to finish, or stop it (Ctrl-C) before starting another".into())
+            }
+            Error::UnknownParam { .. } => {
+                Some("`--set` takes a key of the params file, e.g. `--set train.C=0.5`".into())
+            }
+            Error::PythonEnv(error) => error.hint(),
+            Error::Registry(error) => error.hint(),
+            Error::NoArtifact { model, .. } => Some(format!(
+                "add `artifact: PATH` to model `{model}`, naming the file or folder a stage writes for serving"
+            )),
+            Error::NoGreenRun { model } => Some(format!("run `kiln run {model}` first")),
+            Error::ArtifactMissing { .. } => {
+                Some("make the stage write the artifact, or fix the `artifact` path".into())
+            }
+            Error::ArtifactNotRecorded { .. } => Some(
+                "list the artifact (or a folder holding it) in the `outs` of one of the model's stages"
+                    .into(),
+            ),
+            Error::TreeMissing { .. } | Error::ObjectMissing { .. } | Error::TreeDamaged { .. } => {
+                Some("run `kiln run --force` to store the outs again".into())
+            }
+            _ => None,
         }
     }
 }

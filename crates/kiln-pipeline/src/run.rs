@@ -1,5 +1,7 @@
-//! Running a pipeline: plan the stages as a DAG, run independent ones in parallel, skip or
-//! restore stages whose inputs are unchanged, run data checks, evaluate gates, record the run.
+//! Running a pipeline, in named steps: [`plan`] the stages as a DAG, [`start_runs`] in the
+//! registry, [`prepare_environments`], [`schedule`] the stages (independent ones in parallel;
+//! each skipped, restored or run), [`judge`] each model (metrics, gates, the servable check),
+//! [`record`] the run, and [`publish`] green artifacts for serving.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -8,24 +10,52 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+pub use kiln_registry::FailureKind;
 use kiln_registry::{
-    CheckResult, GateResult, NewRun, Registry, RunId, RunOutcome, StageResult, Status,
+    CheckResult, GateResult, NewRun, Registry, RunId, RunOutcome, ServableResult, StageOut,
+    StageOutcome, StageResult, Status,
 };
+use kiln_spec::values::FlatValues;
 use kiln_spec::{Model, Project, RelPath, StageId};
 use kiln_store::Digest;
 
 use crate::Error;
+use crate::artifact::{Artifact, run_artifact};
 pub use crate::gates::GateReport;
 use crate::gates::{evaluate_gates, read_metrics};
 use crate::git::{git_commit, git_dirty};
 use crate::inputs::StageInputs;
 use crate::params::{Override, apply_overrides, flat_json, model_params, nested_json};
 use crate::python_env::{EnvOptions, PythonEnvironment, ensure_env};
-use crate::stage::{StageContext, hash_source_deps, run_stage};
+use crate::stage::{StageContext, error_chain, hash_source_deps, run_stage};
 use crate::workspace::Workspace;
 
+/// Proves that a model's artifact can be served: loads it in its engine and predicts on an example.
+/// Implemented outside the engine (the binary / a serving crate); the pipeline only calls it.
+pub trait ArtifactCheck: Sync {
+    fn check(
+        &self,
+        project: &Project,
+        model: &Model,
+        artifact: &Artifact,
+        environment: Option<&PythonEnvironment>,
+    ) -> Result<
+        String, /* one-line summary, e.g. "predicted 5 rows in 12 ms" */
+        ServabilityFailure,
+    >;
+}
+
+/// Why a model's artifact could not be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServabilityFailure {
+    /// One line, e.g. ``predict.py raised `ValueError: bad input` ``.
+    pub message: String,
+    /// More of the model's error, e.g. a Python traceback.
+    pub detail: Option<String>,
+}
+
 /// What the user asked for.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// Models to run (all when empty). Upstream stages of other models run too.
     pub models: Vec<String>,
@@ -36,6 +66,25 @@ pub struct RunOptions {
     pub force: bool,
     /// Set (by a Ctrl-C handler) to stop the run.
     pub cancel: Arc<AtomicBool>,
+    /// Loads each green model's artifact in its engine before the run is called green; `None`
+    /// skips the servable check.
+    pub artifact_check: Option<Arc<dyn ArtifactCheck + Send + Sync>>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("models", &self.models)
+            .field("overrides", &self.overrides)
+            .field("jobs", &self.jobs)
+            .field("force", &self.force)
+            .field("cancel", &self.cancel)
+            .field(
+                "artifact_check",
+                &self.artifact_check.as_ref().map(|_| "ArtifactCheck"),
+            )
+            .finish()
+    }
 }
 
 /// How a stage ended.
@@ -55,13 +104,18 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn label(&self) -> &'static str {
+        self.recorded().label()
+    }
+
+    /// The outcome as the run records it.
+    pub fn recorded(&self) -> StageOutcome {
         match self {
-            Outcome::Ran => "ran",
-            Outcome::Cached => "cached",
-            Outcome::Restored => "restored",
-            Outcome::Failed(_) => "failed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::NotRun => "not run",
+            Outcome::Ran => StageOutcome::Ran,
+            Outcome::Cached => StageOutcome::Cached,
+            Outcome::Restored => StageOutcome::Restored,
+            Outcome::Failed(_) => StageOutcome::Failed,
+            Outcome::Cancelled => StageOutcome::Cancelled,
+            Outcome::NotRun => StageOutcome::NotRun,
         }
     }
 
@@ -71,7 +125,7 @@ impl Outcome {
 }
 
 /// Why a stage failed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Failure {
     /// The command exited non-zero (or was killed by a signal: no code).
     Exit { code: Option<i32>, log_tail: String },
@@ -80,10 +134,32 @@ pub enum Failure {
     /// A data check on a file the stage wrote failed.
     Checks,
     /// Kiln itself could not do its part (hashing, storing, spawning).
-    Internal(String),
+    Internal(Arc<Error>),
+}
+
+impl PartialEq for Failure {
+    fn eq(&self, other: &Failure) -> bool {
+        match (self, other) {
+            (
+                Failure::Exit { code, log_tail },
+                Failure::Exit {
+                    code: other_code,
+                    log_tail: other_tail,
+                },
+            ) => code == other_code && log_tail == other_tail,
+            (Failure::MissingOut(path), Failure::MissingOut(other)) => path == other,
+            (Failure::Checks, Failure::Checks) => true,
+            (Failure::Internal(error), Failure::Internal(other)) => Arc::ptr_eq(error, other),
+            _ => false,
+        }
+    }
 }
 
 impl Failure {
+    pub(crate) fn internal(error: Error) -> Failure {
+        Failure::Internal(Arc::new(error))
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Failure::Exit {
@@ -92,7 +168,9 @@ impl Failure {
             Failure::Exit { code: None, .. } => "was killed by a signal".to_string(),
             Failure::MissingOut(path) => format!("succeeded but did not write `{path}`"),
             Failure::Checks => "wrote data that failed its checks".to_string(),
-            Failure::Internal(message) => message.clone(),
+            Failure::Internal(error) => {
+                format!("could not be run by Kiln: {}", error_chain(&**error))
+            }
         }
     }
 }
@@ -107,9 +185,9 @@ pub struct StageReport {
     pub key: Option<Digest>,
     pub checks: Vec<CheckResult>,
     /// What the outs held when the stage succeeded (ran, cached or restored).
-    pub(crate) outs: Vec<crate::stage::CachedOut>,
-    /// Something the user should know that did not fail the stage.
-    pub warning: Option<String>,
+    pub outs: Vec<StageOut>,
+    /// Things the user should know that did not fail the stage.
+    pub warnings: Vec<String>,
 }
 
 impl StageReport {
@@ -122,7 +200,7 @@ impl StageReport {
             key: None,
             checks: Vec::new(),
             outs: Vec::new(),
-            warning: None,
+            warnings: Vec::new(),
         }
     }
 }
@@ -133,29 +211,27 @@ pub struct ModelReport {
     pub model: String,
     pub run_id: RunId,
     pub status: Status,
+    /// Why the model's run did not succeed (the most fundamental reason).
+    pub failure: Option<FailureKind>,
+    /// Why, in one line, as the run records it.
+    pub message: Option<String>,
     pub stages: Vec<StageReport>,
     pub metrics: Vec<(String, f64)>,
     /// Metrics of the model's previous run that had metrics, for deltas.
     pub previous: Option<(RunId, Vec<(String, f64)>)>,
     pub gates: Vec<GateReport>,
+    /// The servable check, when it ran (a model with an artifact whose gates passed).
+    pub servable: Option<ServableResult>,
     /// Things that went wrong without failing a stage (an unreadable metrics file, an out that
     /// could not be restored and was rebuilt), for the user to see.
     pub warnings: Vec<String>,
-}
-
-/// Why a run did not succeed, from the most to the least fundamental.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum FailureKind {
-    Stage,
-    Check,
-    Gate,
-    Cancelled,
 }
 
 /// Everything a run produced.
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub models: Vec<ModelReport>,
+    /// The most fundamental reason any model's run did not succeed.
     pub failure: Option<FailureKind>,
     pub duration: Duration,
 }
@@ -163,11 +239,30 @@ pub struct RunReport {
 /// Progress, as it happens, for the live view.
 #[derive(Debug)]
 pub enum Event<'a> {
-    EnvironmentStarted { model: &'a str },
-    EnvironmentReady { model: &'a str, duration: Duration },
-    Planned { stages: &'a [StageId] },
-    StageStarted { id: &'a StageId },
-    StageFinished { report: &'a StageReport },
+    EnvironmentStarted {
+        model: &'a str,
+    },
+    EnvironmentReady {
+        model: &'a str,
+        duration: Duration,
+    },
+    Planned {
+        stages: &'a [StageId],
+    },
+    StageStarted {
+        id: &'a StageId,
+    },
+    StageFinished {
+        report: &'a StageReport,
+    },
+    /// The model's artifact is being loaded in its engine to predict on an example.
+    ServableCheckStarted {
+        model: &'a str,
+    },
+    ServableCheckFinished {
+        model: &'a str,
+        result: &'a ServableResult,
+    },
 }
 
 /// Receives progress events; the binary draws them.
@@ -184,110 +279,33 @@ pub fn run(
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
     let _lock = workspace.lock_for_run()?;
-    let selected = select_stages(project, &options.models)?;
-    let models: Vec<&Model> = project
-        .models
-        .iter()
-        .filter(|m| selected.iter().any(|id| id.model == m.name))
-        .collect();
-
-    let mut params = HashMap::new();
-    for model in &models {
-        params.insert(model.name.clone(), model_params(&project.root, model)?);
-    }
-    let applied = apply_overrides(&models, &mut params, &options.overrides)?;
-    // git stats every tracked file: let it run while the stages do.
-    let git_check = {
-        let root = project.root.clone();
-        std::thread::spawn(move || {
-            let commit = git_commit(&root);
-            let dirty = commit.is_some() && git_dirty(&root);
-            (commit, dirty)
-        })
-    };
-    let mut run_ids = HashMap::new();
-    for model in &models {
-        let id = workspace.registry.start_run(&NewRun {
-            model: model.name.clone(),
-            params: flat_json(&params[&model.name]),
-            overrides: overrides_json(applied.get(&model.name)),
-        })?;
-        run_ids.insert(model.name.clone(), id);
-    }
-
-    // Params files for the commands (`KILN_PARAMS`), kept with each run's logs.
-    let mut params_files = HashMap::new();
-    for model in &models {
-        let dir = workspace.log_dir(run_ids[&model.name]);
-        fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
-        let path = dir.join("params.json");
-        let text =
-            serde_json::to_string_pretty(&nested_json(&params[&model.name])).unwrap_or_default();
-        fs::write(&path, text).map_err(|source| Error::io("write", &path, source))?;
-        params_files.insert(model.name.clone(), path);
-    }
-
-    let environments = match prepare_environments(project, &models, observer) {
+    let plan = plan(project, options)?;
+    let git_check = spawn_git_check(project);
+    let runs = start_runs(workspace, &plan)?;
+    let environments = match prepare_environments(project, &plan.models, observer) {
         Ok(environments) => environments,
-        // Ctrl-C reaches the installers too (they share Kiln's process group): then the run
-        // was cancelled, not failed.
-        Err(_) if options.cancel.load(Ordering::SeqCst) => {
-            let mut reports = Vec::new();
-            for model in &models {
-                let run_id = run_ids[&model.name];
-                let message = "cancelled while building the python environment";
-                workspace
-                    .registry
-                    .finish_run(run_id, &RunOutcome::bare(Status::Cancelled, Some(message)))?;
-                let (stages, metrics, gates) = (Vec::new(), Vec::new(), Vec::new());
-                reports.push(ModelReport {
-                    model: model.name.clone(),
-                    run_id,
-                    status: Status::Cancelled,
-                    stages,
-                    metrics,
-                    previous: None,
-                    gates,
-                    warnings: Vec::new(),
-                });
-            }
-            return Ok(RunReport {
-                models: reports,
-                failure: Some(FailureKind::Cancelled),
-                duration: started.elapsed(),
-            });
-        }
-        Err(error) => {
-            for id in run_ids.values() {
-                workspace.registry.finish_run(
-                    *id,
-                    &RunOutcome::bare(Status::Failed, Some(&error.to_string())),
-                )?;
-            }
-            return Err(error);
-        }
+        Err(error) => return end_before_stages(workspace, &plan, &runs, error, options, started),
     };
 
-    observer.on_event(Event::Planned { stages: &selected });
+    observer.on_event(Event::Planned {
+        stages: &plan.selected,
+    });
     let context = StageContext {
         root: &project.root,
         store: &workspace.store,
         stat_cache: &workspace.stat_cache,
-        source_digests: hash_source_deps(project, &selected, &workspace.stat_cache),
+        source_digests: hash_source_deps(project, &plan.selected, &workspace.stat_cache),
         environments: &environments,
-        params: &params,
-        params_files: &params_files,
+        params: &plan.params,
+        params_files: &runs.params_files,
         force: options.force,
         cancel: &options.cancel,
         running: Mutex::new(HashMap::new()),
-        log_dirs: run_ids
-            .iter()
-            .map(|(m, id)| (m.clone(), workspace.log_dir(*id)))
-            .collect(),
+        log_dirs: runs.log_dirs(workspace),
     };
-    let stage_reports = schedule(
+    let mut stage_reports = schedule(
         project,
-        &selected,
+        &plan.selected,
         &context,
         options,
         observer,
@@ -295,128 +313,410 @@ pub fn run(
     );
     let _ = workspace.stat_cache.save();
 
-    let (commit, dirty) = git_check.join().unwrap_or((None, false));
-    let cancelled = options.cancel.load(Ordering::SeqCst);
-    let mut failure: Option<FailureKind> = None;
-    let mut note = |kind: FailureKind| failure = Some(failure.map_or(kind, |f| f.min(kind)));
-    if cancelled {
-        note(FailureKind::Cancelled);
-    }
+    let git = git_check.join().unwrap_or((None, false));
     let mut reports = Vec::new();
+    for model in &plan.models {
+        let ended = EndedStages::take(&mut stage_reports, &plan, model, runs.ids[&model.name]);
+        let report = judge(
+            workspace,
+            project,
+            model,
+            ended,
+            environments.get(&model.name),
+            options,
+            observer,
+        )?;
+        record(workspace, project, &report, &git)?;
+        reports.push(report);
+    }
+    publish(workspace, project, &mut reports);
+    Ok(RunReport {
+        failure: reports.iter().filter_map(|r| r.failure).min(),
+        models: reports,
+        duration: started.elapsed(),
+    })
+}
+
+/// What a run will do: the stages (the chosen models' and everything upstream), the models
+/// they belong to, and each model's params with the overrides applied.
+struct Plan<'p> {
+    selected: Vec<StageId>,
+    models: Vec<&'p Model>,
+    params: HashMap<String, FlatValues>,
+    /// The overrides each model took.
+    applied: HashMap<String, Vec<Override>>,
+}
+
+fn plan<'p>(project: &'p Project, options: &RunOptions) -> Result<Plan<'p>, Error> {
+    let selected = select_stages(project, &options.models)?;
+    let models: Vec<&Model> = project
+        .models
+        .iter()
+        .filter(|m| selected.iter().any(|id| id.model == m.name))
+        .collect();
+    let mut params = HashMap::new();
     for model in &models {
-        let run_id = run_ids[&model.name];
-        let stages: Vec<StageReport> = selected
+        params.insert(model.name.clone(), model_params(&project.root, model)?);
+    }
+    let applied = apply_overrides(&models, &mut params, &options.overrides)?;
+    Ok(Plan {
+        selected,
+        models,
+        params,
+        applied,
+    })
+}
+
+/// The runs recorded as started, one per model, and the params file each model's commands
+/// read (`KILN_PARAMS`, kept with the run's logs).
+struct StartedRuns {
+    ids: HashMap<String, RunId>,
+    params_files: HashMap<String, PathBuf>,
+}
+
+impl StartedRuns {
+    fn log_dirs(&self, workspace: &Workspace) -> HashMap<String, PathBuf> {
+        self.ids
             .iter()
-            .filter(|id| id.model == model.name)
-            .filter_map(|id| stage_reports.get(id).cloned())
-            .collect();
-        let stage_failed = stages
-            .iter()
-            .any(|s| matches!(s.outcome, Outcome::Failed(ref f) if *f != Failure::Checks));
-        let check_failed = stages
-            .iter()
-            .any(|s| s.outcome == Outcome::Failed(Failure::Checks));
-        let all_done = stages.iter().all(|s| s.outcome.succeeded());
-        let (metrics, mut warnings) = if all_done {
-            read_metrics(&project.root, model)
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        warnings.extend(stages.iter().filter_map(|s| s.warning.clone()));
-        // Reports compare with the previous run; `previous.NAME` in gates with the previous green one.
-        let registry = &workspace.registry;
-        let previous = match registry.previous_run_with_metrics(&model.name, Some(run_id), false)? {
-            Some(id) => Some((id, registry.metrics(id)?)),
-            None => None,
-        };
-        let gates = if all_done {
-            let previous_green =
-                match registry.previous_run_with_metrics(&model.name, Some(run_id), true)? {
-                    Some(id) => Some(registry.metrics(id)?),
-                    None => None,
-                };
-            evaluate_gates(model, &metrics, previous_green.as_ref())
-        } else {
-            Vec::new()
-        };
-        let gate_failed = gates.iter().any(|g| g.verdict.blocks());
-        let status = if cancelled {
-            Status::Cancelled
-        } else if stage_failed || check_failed || gate_failed || !all_done {
-            Status::Failed
-        } else {
-            Status::Succeeded
-        };
-        if stage_failed || (!all_done && !check_failed && !cancelled) {
-            note(FailureKind::Stage);
+            .map(|(model, id)| (model.clone(), workspace.log_dir(*id)))
+            .collect()
+    }
+}
+
+fn start_runs(workspace: &mut Workspace, plan: &Plan<'_>) -> Result<StartedRuns, Error> {
+    let mut ids = HashMap::new();
+    for model in &plan.models {
+        let id = workspace.registry.start_run(&NewRun {
+            model: model.name.clone(),
+            params: flat_json(&plan.params[&model.name]),
+            overrides: overrides_json(plan.applied.get(&model.name)),
+        })?;
+        ids.insert(model.name.clone(), id);
+    }
+    let mut params_files = HashMap::new();
+    for model in &plan.models {
+        let dir = workspace.log_dir(ids[&model.name]);
+        fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
+        let path = dir.join("params.json");
+        let text = serde_json::to_string_pretty(&nested_json(&plan.params[&model.name]))
+            .expect("params serialise to JSON");
+        fs::write(&path, text).map_err(|source| Error::io("write", &path, source))?;
+        params_files.insert(model.name.clone(), path);
+    }
+    Ok(StartedRuns { ids, params_files })
+}
+
+/// Ends every run when the Python environments could not be prepared: cancelled when Ctrl-C
+/// stopped the installers (they share Kiln's process group), else failed with the error.
+fn end_before_stages(
+    workspace: &mut Workspace,
+    plan: &Plan<'_>,
+    runs: &StartedRuns,
+    error: Error,
+    options: &RunOptions,
+    started: Instant,
+) -> Result<RunReport, Error> {
+    if !options.cancel.load(Ordering::SeqCst) {
+        let message = error_chain(&error);
+        for id in runs.ids.values() {
+            workspace.registry.finish_run(
+                *id,
+                &RunOutcome::bare(
+                    Status::Failed,
+                    Some(FailureKind::Environment),
+                    Some(&message),
+                ),
+            )?;
         }
-        if check_failed {
-            note(FailureKind::Check);
-        }
-        if gate_failed {
-            note(FailureKind::Gate);
-        }
-        let stage_results: Vec<StageResult> = stages
-            .iter()
-            .map(|s| StageResult {
-                stage: s.id.stage.clone(),
-                outcome: s.outcome.label().to_string(),
-                duration_ms: s.duration.as_millis() as i64,
-                exit_code: match &s.outcome {
-                    Outcome::Failed(Failure::Exit { code, .. }) => *code,
-                    Outcome::Ran => Some(0),
-                    _ => None,
-                },
-                log_path: s.log.as_ref().map(|p| {
-                    p.strip_prefix(&project.root)
-                        .unwrap_or(p)
-                        .display()
-                        .to_string()
-                }),
-                cache_key: s.key.map(|k| k.to_hex()),
-                outs: (!s.outs.is_empty())
-                    .then(|| serde_json::to_string(&s.outs).unwrap_or_default()),
-            })
-            .collect();
-        let checks: Vec<CheckResult> = stages.iter().flat_map(|s| s.checks.clone()).collect();
-        let gate_results: Vec<GateResult> = gates
-            .iter()
-            .map(|g| GateResult {
-                expr: g.text.clone(),
-                verdict: g.verdict.label().to_string(),
-                detail: g.detail(),
-            })
-            .collect();
-        let message = stages.iter().find_map(|s| match &s.outcome {
-            Outcome::Failed(f) => Some(format!("stage `{}` {}", s.id.stage, f.describe())),
-            _ => None,
-        });
+        return Err(error);
+    }
+    let message = "cancelled while building the python environment";
+    let mut reports = Vec::new();
+    for model in &plan.models {
+        let run_id = runs.ids[&model.name];
         workspace.registry.finish_run(
             run_id,
-            &RunOutcome {
-                status,
-                git: Some((commit.as_deref(), dirty)),
-                message: message.as_deref(),
-                stages: &stage_results,
-                metrics: &metrics,
-                checks: &checks,
-                gates: &gate_results,
-            },
+            &RunOutcome::bare(
+                Status::Cancelled,
+                Some(FailureKind::Cancelled),
+                Some(message),
+            ),
         )?;
         reports.push(ModelReport {
             model: model.name.clone(),
             run_id,
-            status,
-            stages,
-            metrics,
-            previous,
-            gates,
-            warnings,
+            status: Status::Cancelled,
+            failure: Some(FailureKind::Cancelled),
+            message: Some(message.to_string()),
+            stages: Vec::new(),
+            metrics: Vec::new(),
+            previous: None,
+            gates: Vec::new(),
+            servable: None,
+            warnings: Vec::new(),
         });
     }
-    // A served model follows its latest green run.
-    // The run is recorded by now: a failure here is a warning, not a lost report.
-    for report in &mut reports {
+    Ok(RunReport {
+        models: reports,
+        failure: Some(FailureKind::Cancelled),
+        duration: started.elapsed(),
+    })
+}
+
+/// A model's stages as they ended, before the model is judged.
+struct EndedStages {
+    run_id: RunId,
+    stages: Vec<StageReport>,
+}
+
+impl EndedStages {
+    /// Takes the reports of `model`'s stages, in pipeline order.
+    fn take(
+        reports: &mut BTreeMap<StageId, StageReport>,
+        plan: &Plan<'_>,
+        model: &Model,
+        run_id: RunId,
+    ) -> EndedStages {
+        let stages = plan
+            .selected
+            .iter()
+            .filter(|id| id.model == model.name)
+            .filter_map(|id| reports.remove(id))
+            .collect();
+        EndedStages { run_id, stages }
+    }
+}
+
+/// Asks git for the commit and whether tracked files changed, on a thread: git stats every
+/// tracked file, so it runs while the stages do.
+fn spawn_git_check(project: &Project) -> std::thread::JoinHandle<(Option<String>, bool)> {
+    let root = project.root.clone();
+    std::thread::spawn(move || {
+        let commit = git_commit(&root);
+        let dirty = commit.is_some() && git_dirty(&root);
+        (commit, dirty)
+    })
+}
+
+/// Decides how a model's run ended: its stages, then (when they all succeeded) its metrics and
+/// gates, then (when the gates pass and it has an artifact) the servable check.
+fn judge(
+    workspace: &Workspace,
+    project: &Project,
+    model: &Model,
+    ended: EndedStages,
+    environment: Option<&PythonEnvironment>,
+    options: &RunOptions,
+    observer: &dyn Observer,
+) -> Result<ModelReport, Error> {
+    let EndedStages { run_id, stages } = ended;
+    let cancelled = options.cancel.load(Ordering::SeqCst);
+    // Every way the model's run failed; it is recorded with the most fundamental.
+    let mut failures: Vec<FailureKind> = Vec::new();
+    let stage_failed = stages
+        .iter()
+        .any(|s| matches!(&s.outcome, Outcome::Failed(f) if *f != Failure::Checks));
+    let check_failed = stages
+        .iter()
+        .any(|s| s.outcome == Outcome::Failed(Failure::Checks));
+    let all_done = stages.iter().all(|s| s.outcome.succeeded());
+    if cancelled {
+        failures.push(FailureKind::Cancelled);
+    }
+    if stage_failed || (!all_done && !check_failed && !cancelled) {
+        failures.push(FailureKind::Stage);
+    }
+    if check_failed {
+        failures.push(FailureKind::Check);
+    }
+    let mut message = stages.iter().find_map(|s| match &s.outcome {
+        Outcome::Failed(f) => Some(format!("stage `{}` {}", s.id.stage, f.describe())),
+        _ => None,
+    });
+
+    let (metrics, mut warnings) = if all_done {
+        read_metrics(&project.root, model)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    warnings.extend(stages.iter().flat_map(|s| s.warnings.iter().cloned()));
+    // Reports compare with the previous run; `previous.NAME` in gates with the previous green one.
+    let registry = &workspace.registry;
+    let previous = match registry.previous_run_with_metrics(&model.name, Some(run_id), false)? {
+        Some(id) => Some((id, registry.metrics(id)?)),
+        None => None,
+    };
+    let gates = if all_done {
+        let previous_green =
+            match registry.previous_run_with_metrics(&model.name, Some(run_id), true)? {
+                Some(id) => Some(registry.metrics(id)?),
+                None => None,
+            };
+        evaluate_gates(model, &metrics, previous_green.as_ref())
+    } else {
+        Vec::new()
+    };
+    if let Some(gate) = gates.iter().find(|g| g.verdict.blocks()) {
+        failures.push(FailureKind::Gate);
+        message.get_or_insert_with(|| format!("gate `{}` failed ({})", gate.text, gate.detail()));
+    }
+
+    let mut servable = None;
+    if failures.is_empty()
+        && model.artifact.is_some()
+        && let Some(check) = &options.artifact_check
+    {
+        let outs = stages.iter().flat_map(|s| &s.outs);
+        let result = check_servable(
+            workspace,
+            project,
+            model,
+            run_id,
+            outs,
+            environment,
+            &**check,
+            observer,
+        );
+        if !result.passed {
+            failures.push(FailureKind::Unservable);
+            message = Some(format!(
+                "the artifact of `{}` could not be served: {}",
+                model.name, result.message
+            ));
+        }
+        servable = Some(result);
+    }
+
+    let failure = failures.into_iter().min();
+    let status = if cancelled {
+        Status::Cancelled
+    } else if failure.is_some() {
+        Status::Failed
+    } else {
+        Status::Succeeded
+    };
+    Ok(ModelReport {
+        model: model.name.clone(),
+        run_id,
+        status,
+        failure,
+        message,
+        stages,
+        metrics,
+        previous,
+        gates,
+        servable,
+        warnings,
+    })
+}
+
+/// Materialises the artifact from this run's outs (the run is not green yet, so the latest
+/// green artifact would be another run's) and asks the check to load it and predict.
+#[allow(clippy::too_many_arguments)]
+fn check_servable<'a>(
+    workspace: &Workspace,
+    project: &Project,
+    model: &Model,
+    run_id: RunId,
+    outs: impl IntoIterator<Item = &'a StageOut>,
+    environment: Option<&PythonEnvironment>,
+    check: &dyn ArtifactCheck,
+    observer: &dyn Observer,
+) -> ServableResult {
+    observer.on_event(Event::ServableCheckStarted { model: &model.name });
+    let started = Instant::now();
+    let outcome = run_artifact(workspace, project, model, run_id, outs)
+        .map_err(|error| ServabilityFailure {
+            message: error_chain(&error),
+            detail: error.hint(),
+        })
+        .and_then(|artifact| check.check(project, model, &artifact, environment));
+    let duration_ms = started.elapsed().as_millis() as i64;
+    let result = match outcome {
+        Ok(summary) => ServableResult {
+            passed: true,
+            message: summary,
+            detail: None,
+            duration_ms,
+        },
+        Err(failure) => ServableResult {
+            passed: false,
+            message: failure.message,
+            detail: failure.detail,
+            duration_ms,
+        },
+    };
+    observer.on_event(Event::ServableCheckFinished {
+        model: &model.name,
+        result: &result,
+    });
+    result
+}
+
+/// Writes a model's run into the registry, in one transaction.
+fn record(
+    workspace: &mut Workspace,
+    project: &Project,
+    report: &ModelReport,
+    git: &(Option<String>, bool),
+) -> Result<(), Error> {
+    let stages: Vec<StageResult> = report
+        .stages
+        .iter()
+        .map(|s| StageResult {
+            stage: s.id.stage.clone(),
+            outcome: s.outcome.recorded(),
+            duration_ms: s.duration.as_millis() as i64,
+            exit_code: match &s.outcome {
+                Outcome::Failed(Failure::Exit { code, .. }) => *code,
+                Outcome::Ran => Some(0),
+                _ => None,
+            },
+            log_path: s.log.as_ref().map(|p| {
+                p.strip_prefix(&project.root)
+                    .unwrap_or(p)
+                    .display()
+                    .to_string()
+            }),
+            cache_key: s.key.map(|k| k.to_hex()),
+            outs: s.outs.clone(),
+        })
+        .collect();
+    let checks: Vec<CheckResult> = report
+        .stages
+        .iter()
+        .flat_map(|s| s.checks.clone())
+        .collect();
+    let gates: Vec<GateResult> = report
+        .gates
+        .iter()
+        .map(|g| GateResult {
+            expr: g.text.clone(),
+            verdict: g.recorded_verdict(),
+            detail: g.detail(),
+        })
+        .collect();
+    workspace.registry.finish_run(
+        report.run_id,
+        &RunOutcome {
+            status: report.status,
+            failure: report.failure,
+            git: Some((git.0.as_deref(), git.1)),
+            message: report.message.as_deref(),
+            stages: &stages,
+            metrics: &report.metrics,
+            checks: &checks,
+            gates: &gates,
+            servable: report.servable.as_ref(),
+        },
+    )?;
+    Ok(())
+}
+
+/// A served model follows its latest green run. The run is recorded by now: a failure here is
+/// a warning, not a lost report.
+fn publish(workspace: &Workspace, project: &Project, reports: &mut [ModelReport]) {
+    for report in reports {
         let has_artifact = project
             .model(&report.model)
             .is_some_and(|m| m.artifact.is_some());
@@ -425,26 +725,21 @@ pub fn run(
             && let Err(error) = crate::artifact::publish(workspace, project, &report.model)
         {
             report.warnings.push(format!(
-                "could not publish the artifact for serving: {error}"
+                "could not publish the artifact for serving: {}",
+                error_chain(&error)
             ));
         }
     }
-    Ok(RunReport {
-        models: reports,
-        failure,
-        duration: started.elapsed(),
-    })
 }
 
-/// The overrides a model's run took, as recorded with the run.
+/// The overrides a model's run took, as recorded with the run: typed values by dotted key.
 fn overrides_json(overrides: Option<&Vec<Override>>) -> serde_json::Value {
-    let pairs = overrides.into_iter().flatten().map(|o| {
-        (
-            o.key.clone(),
-            serde_json::Value::String(o.value.to_string()),
-        )
-    });
-    serde_json::Value::Object(pairs.collect())
+    let values: FlatValues = overrides
+        .into_iter()
+        .flatten()
+        .map(|o| (o.key.clone(), o.value.clone()))
+        .collect();
+    flat_json(&values)
 }
 
 /// The stages of the chosen models and everything upstream of them, in declaration order.
@@ -569,14 +864,21 @@ fn schedule(
             match receiver.recv_timeout(Duration::from_millis(50)) {
                 Ok((report, inputs)) => {
                     running -= 1;
+                    let mut report = report;
                     if let (Some(inputs), Some(key), true) =
                         (&inputs, report.key, report.outcome.succeeded())
-                    {
-                        let _ = registry.set_stage_state(
+                        && let Err(error) = registry.set_stage_state(
                             &report.id.to_string(),
                             &key.to_hex(),
                             &inputs.to_json(),
-                        );
+                        )
+                    {
+                        // Only `kiln status` reads it: the stage's result stands.
+                        report.warnings.push(format!(
+                            "could not record the inputs of `{}` for `kiln status`: {}",
+                            report.id,
+                            error_chain(&error)
+                        ));
                     }
                     observer.on_event(Event::StageFinished { report: &report });
                     reports.insert(report.id.clone(), report);

@@ -10,13 +10,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use kiln_registry::CheckResult;
+use kiln_registry::{CheckResult, CheckRule, OutKind, StageOut};
 use kiln_spec::values::FlatValues;
 use kiln_spec::{Project, RelPath, Stage, StageId};
 use kiln_store::{Digest, EntryKind, Store, Tree};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::checks;
 use crate::hashing::{PathDigest, StatCache, hash_path};
 use crate::inputs::StageInputs;
@@ -48,8 +49,8 @@ pub(crate) fn run_stage(
     let mut report = StageReport::not_run(&stage.id);
     let inputs = match stage_inputs(stage, context) {
         Ok(inputs) => inputs,
-        Err(message) => {
-            report.outcome = Outcome::Failed(Failure::Internal(message));
+        Err(error) => {
+            report.outcome = Outcome::Failed(Failure::internal(error));
             report.duration = started.elapsed();
             return (report, None);
         }
@@ -58,7 +59,7 @@ pub(crate) fn run_stage(
     report.key = Some(key);
     report.outcome = match execute(stage, &key, context, &mut report) {
         Ok(outcome) => outcome,
-        Err(message) => Outcome::Failed(Failure::Internal(message)),
+        Err(error) => Outcome::Failed(Failure::internal(error)),
     };
     report.duration = started.elapsed();
     (report, Some(inputs))
@@ -75,6 +76,32 @@ pub(crate) struct CachedOut {
     pub(crate) path: String,
     pub(crate) kind: EntryKind,
     pub(crate) digest: Digest,
+    /// For a file: whether it is executable (entries written before this was kept say no).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) executable: bool,
+}
+
+impl CachedOut {
+    /// The out as a run records it.
+    pub(crate) fn record(&self) -> StageOut {
+        StageOut {
+            path: self.path.clone(),
+            kind: match self.kind {
+                EntryKind::File => OutKind::File,
+                EntryKind::Dir => OutKind::Dir,
+            },
+            digest: self.digest.to_hex(),
+            executable: self.executable,
+        }
+    }
+}
+
+/// The project path a cache entry names.
+fn entry_path(key: &Digest, out: &CachedOut) -> Result<RelPath, Error> {
+    RelPath::resolve(&RelPath::root(), &out.path).ok_or_else(|| Error::CacheEntryPath {
+        key: key.to_hex(),
+        path: out.path.clone(),
+    })
 }
 
 pub(crate) const RUN_CACHE: &str = "stage-cache";
@@ -98,19 +125,20 @@ pub(crate) fn cache_state(
     root: &Path,
     stat_cache: &StatCache,
     key: &Digest,
-) -> Result<CacheState, String> {
+) -> Result<CacheState, Error> {
+    // An entry that does not parse (written by a newer Kiln, say) is no entry: the stage runs.
     let entry: Option<CacheEntry> = store
-        .read_ref(RUN_CACHE, &key.to_hex())
-        .map_err(|e| e.to_string())?
+        .read_ref(RUN_CACHE, &key.to_hex())?
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let Some(entry) = entry else {
         return Ok(CacheState::Miss);
     };
     for out in &entry.outs {
-        let path =
-            RelPath::resolve(&RelPath::root(), &out.path).ok_or("bad path in cache entry")?;
-        let current = hash_path(root, &path, stat_cache)
-            .map_err(|e| format!("cannot hash out `{path}`: {e}"))?;
+        let path = entry_path(key, out)?;
+        let current = hash_path(root, &path, stat_cache).map_err(|source| Error::Hash {
+            path: path.clone(),
+            source,
+        })?;
         if current.is_none_or(|c| c.digest != out.digest) {
             return Ok(CacheState::Changed(entry));
         }
@@ -156,13 +184,16 @@ pub(crate) fn stage_inputs_now(
     known: &DepDigests,
     python: Option<String>,
     params: &FlatValues,
-) -> Result<StageInputs, String> {
+) -> Result<StageInputs, Error> {
     let mut deps = Vec::new();
     for dep in &stage.deps {
         let digest = match known.get(dep) {
             Some(digest) => *digest,
             None => hash_path(root, dep, stat_cache)
-                .map_err(|e| format!("cannot hash dep `{dep}`: {e}"))?
+                .map_err(|source| Error::Hash {
+                    path: dep.clone(),
+                    source,
+                })?
                 .map(|d| d.digest),
         };
         deps.push((dep.clone(), digest));
@@ -170,7 +201,7 @@ pub(crate) fn stage_inputs_now(
     Ok(StageInputs::new(stage, python, deps, params))
 }
 
-fn stage_inputs(stage: &Stage, context: &StageContext<'_>) -> Result<StageInputs, String> {
+fn stage_inputs(stage: &Stage, context: &StageContext<'_>) -> Result<StageInputs, Error> {
     let python = context
         .environments
         .get(&stage.id.model)
@@ -192,7 +223,7 @@ fn execute(
     key: &Digest,
     context: &StageContext<'_>,
     report: &mut StageReport,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Error> {
     let store = context.store;
     let state = if context.force {
         CacheState::Miss
@@ -215,19 +246,20 @@ fn execute(
             }
         };
         if intact {
-            report.outs = entry.outs.clone();
+            report.outs = entry.outs.iter().map(CachedOut::record).collect();
             return Ok(checked(report, Outcome::Cached));
         }
-        match restore(&entry, context) {
+        match restore(key, &entry, context) {
             Ok(()) => {
-                report.outs = entry.outs.clone();
+                report.outs = entry.outs.iter().map(CachedOut::record).collect();
                 return Ok(checked(report, Outcome::Restored));
             }
             // Objects missing from the store, say: run the command instead, and say so.
             Err(error) => {
-                report.warning = Some(format!(
-                    "could not restore the outs of `{}` from the cache ({error}): ran its command instead",
-                    stage.id
+                report.warnings.push(format!(
+                    "could not restore the outs of `{}` from the cache ({}): ran its command instead",
+                    stage.id,
+                    error_chain(&error)
                 ));
             }
         }
@@ -235,16 +267,14 @@ fn execute(
 
     // Outs are removed first, so that nothing stale survives and a missing out is noticed.
     for out in &stage.outs {
-        remove_path(&out.to_path(context.root))
-            .map_err(|e| format!("cannot remove old `{out}`: {e}"))?;
-        if let Some(parent) = out.to_path(context.root).parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
+        let absolute = out.to_path(context.root);
+        remove_path(&absolute).map_err(|source| Error::io("remove", &absolute, source))?;
+        if let Some(parent) = absolute.parent() {
+            fs::create_dir_all(parent).map_err(|source| Error::io("create", parent, source))?;
         }
     }
     let log_dir = &context.log_dirs[&stage.id.model];
-    fs::create_dir_all(log_dir)
-        .map_err(|e| format!("cannot create `{}`: {e}", log_dir.display()))?;
+    fs::create_dir_all(log_dir).map_err(|source| Error::io("create", log_dir, source))?;
     let log_path = log_dir.join(format!("{}.log", stage.id.stage));
     report.log = Some(log_path.clone());
     let code = run_command(stage, context, &log_path)?;
@@ -259,8 +289,11 @@ fn execute(
     }
     let mut outs = Vec::new();
     for out in &stage.outs {
-        let Some(digest) = hash_path(context.root, out, context.stat_cache)
-            .map_err(|e| format!("cannot hash out `{out}`: {e}"))?
+        let Some(digest) =
+            hash_path(context.root, out, context.stat_cache).map_err(|source| Error::Hash {
+                path: out.clone(),
+                source,
+            })?
         else {
             return Ok(Outcome::Failed(Failure::MissingOut(out.clone())));
         };
@@ -269,6 +302,7 @@ fn execute(
             path: out.to_string(),
             kind: digest.kind,
             digest: digest.digest,
+            executable: digest.kind == EntryKind::File && is_executable(&out.to_path(context.root)),
         });
     }
     report.checks = run_checks(stage, context.root);
@@ -276,12 +310,10 @@ fn execute(
         return Ok(Outcome::Failed(Failure::Checks));
     }
     // The cache entry is written last: it only ever names outs that are wholly in the store.
-    let entry =
-        serde_json::to_vec(&CacheEntry { outs: outs.clone() }).map_err(|e| e.to_string())?;
-    store
-        .write_ref(RUN_CACHE, &key.to_hex(), &entry)
-        .map_err(|e| e.to_string())?;
-    report.outs = outs;
+    let entry = serde_json::to_vec(&CacheEntry { outs: outs.clone() })
+        .expect("a cache entry serialises to JSON");
+    store.write_ref(RUN_CACHE, &key.to_hex(), &entry)?;
+    report.outs = outs.iter().map(CachedOut::record).collect();
     Ok(Outcome::Ran)
 }
 
@@ -289,11 +321,12 @@ fn run_command(
     stage: &Stage,
     context: &StageContext<'_>,
     log_path: &Path,
-) -> Result<Option<i32>, String> {
+) -> Result<Option<i32>, Error> {
     use std::os::unix::process::CommandExt;
-    let log = File::create(log_path)
-        .map_err(|e| format!("cannot create log `{}`: {e}", log_path.display()))?;
-    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let log = File::create(log_path).map_err(|source| Error::io("create", log_path, source))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|source| Error::io("open", log_path, source))?;
     let mut command = Command::new("sh");
     command
         .arg("-c")
@@ -311,11 +344,13 @@ fn run_command(
         command.env("KILN_PARAMS", params);
     }
     if let Some(environment) = context.environments.get(&stage.id.model) {
-        environment.apply(&mut command).map_err(|e| e.to_string())?;
+        environment.apply(&mut command)?;
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot start `sh -c {}`: {e}", stage.cmd))?;
+    let spawn_error = |source| Error::Spawn {
+        command: stage.cmd.clone(),
+        source,
+    };
+    let mut child = command.spawn().map_err(spawn_error)?;
     context
         .running
         .lock()
@@ -330,8 +365,7 @@ fn run_command(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&stage.id);
-    let status = status.map_err(|e| e.to_string())?;
-    Ok(status.code())
+    Ok(status.map_err(spawn_error)?.code())
 }
 
 /// The last `lines` lines of a log file.
@@ -343,55 +377,77 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn save_out(out: &RelPath, digest: &PathDigest, context: &StageContext<'_>) -> Result<(), String> {
+fn save_out(out: &RelPath, digest: &PathDigest, context: &StageContext<'_>) -> Result<(), Error> {
     let absolute = out.to_path(context.root);
     match &digest.tree {
-        None => context
-            .store
-            .put_file(&absolute, &digest.digest)
-            .map_err(|e| e.to_string()),
+        None => context.store.put_file(&absolute, &digest.digest)?,
         Some(tree) => {
             for entry in &tree.entries {
                 context
                     .store
-                    .put_file(&absolute.join(&entry.path), &entry.digest)
-                    .map_err(|e| e.to_string())?;
+                    .put_file(&absolute.join(&entry.path), &entry.digest)?;
             }
-            let bytes = serde_json::to_vec(tree).map_err(|e| e.to_string())?;
+            let bytes = serde_json::to_vec(tree).expect("a tree serialises to JSON");
             context
                 .store
-                .write_ref(TREES, &digest.digest.to_hex(), &bytes)
-                .map_err(|e| e.to_string())
+                .write_ref(TREES, &digest.digest.to_hex(), &bytes)?;
         }
     }
+    Ok(())
 }
 
-fn restore(entry: &CacheEntry, context: &StageContext<'_>) -> Result<(), String> {
+/// Whether a file has an execute bit (kept with the out, so that a restored or served copy
+/// keeps it).
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
+/// An error and its causes, in one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// A folder out's file list, from the store.
+pub(crate) fn read_tree(store: &Store, out: &RelPath, digest: &Digest) -> Result<Tree, Error> {
+    let bytes = store
+        .read_ref(TREES, &digest.to_hex())?
+        .ok_or_else(|| Error::TreeMissing {
+            out: out.clone(),
+            digest: digest.to_hex(),
+        })?;
+    serde_json::from_slice(&bytes).map_err(|source| Error::TreeDamaged {
+        out: out.clone(),
+        source,
+    })
+}
+
+fn restore(key: &Digest, entry: &CacheEntry, context: &StageContext<'_>) -> Result<(), Error> {
     // Check that everything is in the store before touching the workspace.
     let mut plan = Vec::new();
     for out in &entry.outs {
-        let path =
-            RelPath::resolve(&RelPath::root(), &out.path).ok_or("bad path in cache entry")?;
+        let path = entry_path(key, out)?;
         match out.kind {
             EntryKind::File => {
                 if !context.store.contains(&out.digest) {
-                    return Err(format!("object for `{path}` is missing"));
+                    return Err(Error::ObjectMissing { path });
                 }
                 plan.push((path, None));
             }
             EntryKind::Dir => {
-                let bytes = context
-                    .store
-                    .read_ref(TREES, &out.digest.to_hex())
-                    .map_err(|e| e.to_string())?
-                    .ok_or("tree is missing")?;
-                let tree: Tree = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                let tree = read_tree(context.store, &path, &out.digest)?;
                 if tree
                     .entries
                     .iter()
                     .any(|e| !context.store.contains(&e.digest))
                 {
-                    return Err(format!("objects for `{path}` are missing"));
+                    return Err(Error::ObjectMissing { path });
                 }
                 plan.push((path, Some(tree)));
             }
@@ -399,25 +455,27 @@ fn restore(entry: &CacheEntry, context: &StageContext<'_>) -> Result<(), String>
     }
     for ((path, tree), out) in plan.into_iter().zip(&entry.outs) {
         let absolute = path.to_path(context.root);
+        let remove = |path: &Path| remove_path(path).map_err(|e| Error::io("remove", path, e));
         match tree {
             None => {
                 if absolute.is_dir() {
-                    remove_path(&absolute).map_err(|e| e.to_string())?;
+                    remove(&absolute)?;
                 }
                 context
                     .store
-                    .restore_file(&out.digest, &absolute, false)
-                    .map_err(|e| e.to_string())?;
+                    .restore_file(&out.digest, &absolute, out.executable)?;
             }
             Some(tree) => {
-                remove_path(&absolute).map_err(|e| e.to_string())?;
+                remove(&absolute)?;
                 for file in &tree.entries {
-                    context
-                        .store
-                        .restore_file(&file.digest, &absolute.join(&file.path), file.executable)
-                        .map_err(|e| e.to_string())?;
+                    context.store.restore_file(
+                        &file.digest,
+                        &absolute.join(&file.path),
+                        file.executable,
+                    )?;
                 }
-                fs::create_dir_all(&absolute).map_err(|e| e.to_string())?;
+                fs::create_dir_all(&absolute)
+                    .map_err(|source| Error::io("create", &absolute, source))?;
             }
         }
     }
@@ -436,36 +494,38 @@ fn remove_path(path: &Path) -> std::io::Result<()> {
 fn run_checks(stage: &Stage, root: &Path) -> Vec<CheckResult> {
     let mut results = Vec::new();
     for check in &stage.checks {
-        let result = |rule: String, passed: bool, message: String| CheckResult {
+        let result = |column: Option<String>, rule, passed, message| CheckResult {
             stage: stage.id.stage.clone(),
             file: check.file.to_string(),
+            column,
             rule,
             passed,
             message,
         };
         match checks::run_check(root, check) {
             Ok(report) => results.extend(report.outcomes.into_iter().map(|outcome| {
-                let rule = match &outcome.column {
-                    Some(column) => format!("{column}.{}", rule_name(outcome.rule)),
-                    None => rule_name(outcome.rule).to_string(),
-                };
-                result(rule, outcome.passed, outcome.message)
+                result(
+                    outcome.column,
+                    check_rule(outcome.rule),
+                    outcome.passed,
+                    outcome.message,
+                )
             })),
-            Err(error) => results.push(result("readable".into(), false, error.to_string())),
+            Err(error) => results.push(result(None, CheckRule::Readable, false, error.to_string())),
         }
     }
     results
 }
 
-fn rule_name(rule: checks::RuleKind) -> &'static str {
+fn check_rule(rule: checks::RuleKind) -> CheckRule {
     use checks::RuleKind;
     match rule {
-        RuleKind::Rows => "rows",
-        RuleKind::Present => "present",
-        RuleKind::Type => "type",
-        RuleKind::Min => "min",
-        RuleKind::Max => "max",
-        RuleKind::Values => "values",
-        RuleKind::Missing => "missing",
+        RuleKind::Rows => CheckRule::Rows,
+        RuleKind::Present => CheckRule::Present,
+        RuleKind::Type => CheckRule::Type,
+        RuleKind::Min => CheckRule::Min,
+        RuleKind::Max => CheckRule::Max,
+        RuleKind::Values => CheckRule::Values,
+        RuleKind::Missing => CheckRule::Missing,
     }
 }

@@ -60,8 +60,7 @@ pub fn status(
             &sources,
             python[id.model.as_str()].clone(),
             &params[id.model.as_str()],
-        )
-        .map_err(Error::Status)?;
+        )?;
         let previous = workspace.registry.stage_state(&id.to_string())?;
         let mut reasons = previous
             .as_ref()
@@ -79,8 +78,7 @@ pub fn status(
             &project.root,
             &workspace.stat_cache,
             &inputs.key(),
-        )
-        .map_err(Error::Status)?;
+        )?;
         let status = if !upstream_stale.is_empty() {
             reasons.extend(upstream_stale);
             StageStatus::Stale(reasons)

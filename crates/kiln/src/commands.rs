@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use kiln_pipeline::python_env::{EnvOptions, ensure_env};
 use kiln_pipeline::run::Failure;
 use kiln_pipeline::{FailureKind, Outcome, Override, RunOptions, StageStatus, Workspace};
-use kiln_registry::Run;
+use kiln_registry::{Run, Status};
 use kiln_spec::Project;
 use serde_json::json;
 
@@ -181,6 +181,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         force: args.force,
         cancel: cancel.clone(),
+        artifact_check: None,
     };
     let progress = Progress::new(false);
     let result = kiln_pipeline::run(&mut workspace, &project, &options, &progress)?;
@@ -202,6 +203,15 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         if !model.gates.is_empty() {
             eprintln!("\n{}", report::gate_table(model));
+        }
+        if let Some(servable) = model.servable.as_ref().filter(|s| !s.passed) {
+            eprintln!(
+                "\nerror: the artifact of `{}` could not be served: {}",
+                model.model, servable.message
+            );
+            if let Some(detail) = &servable.detail {
+                eprintln!("--- the model's error ---\n{}\n---", detail.trim_end());
+            }
         }
     }
     if let Some(path) = &args.junit {
@@ -228,7 +238,10 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(FailureKind::Stage) => exit::STAGE_FAILED,
         Some(FailureKind::Check) => exit::CHECK_FAILED,
         Some(FailureKind::Gate) => exit::GATE_FAILED,
+        Some(FailureKind::Unservable) => exit::UNSERVABLE,
         Some(FailureKind::Cancelled) => exit::CANCELLED,
+        // Not a result: the run returns an error instead.
+        Some(FailureKind::Environment) => exit::STAGE_FAILED,
     };
     eprintln!("\n{} ({})", runs.join(", "), ui::duration(result.duration));
     Ok(exit::code(code))
@@ -328,6 +341,14 @@ enum RunsCommand {
     },
 }
 
+/// A run's status, with why it failed: `failed (gate)`.
+fn status_word(run: &Run) -> String {
+    match (run.status, run.failure) {
+        (Status::Failed, Some(kind)) => format!("failed ({})", kind.as_str()),
+        (status, _) => status.as_str().to_string(),
+    }
+}
+
 /// When a run started, in UTC (`2026-11-29 18:56:38`).
 fn when(run: &Run) -> String {
     jiff::Timestamp::from_millisecond(run.started_at_ms)
@@ -348,12 +369,7 @@ pub fn runs(root: &Path, args: RunsArgs) -> anyhow::Result<ExitCode> {
             return Ok(exit::code(exit::SUCCESS));
         }
         let run = &detail.run;
-        println!(
-            "run {}  model {}  {}",
-            run.id,
-            run.model,
-            run.status.as_str()
-        );
+        println!("run {}  model {}  {}", run.id, run.model, status_word(run));
         println!(
             "started   {} UTC ({})",
             when(run),
@@ -372,15 +388,16 @@ pub fn runs(root: &Path, args: RunsArgs) -> anyhow::Result<ExitCode> {
         if let Some(message) = &run.message {
             println!("message   {message}");
         }
-        if run.overrides.as_object().is_some_and(|o| !o.is_empty()) {
-            println!("overrides {}", run.overrides);
+        if let Some(overrides) = run.overrides.as_object().filter(|o| !o.is_empty()) {
+            let pairs: Vec<String> = overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("overrides {}", pairs.join(" "));
         }
         println!("\nstages:");
         for stage in &detail.stages {
             println!(
                 "  {:<20} {:<10} {:>8.2}s  {}",
                 stage.stage,
-                stage.outcome,
+                stage.outcome.label(),
                 stage.duration_ms as f64 / 1000.0,
                 stage.log_path.as_deref().unwrap_or("")
             );
@@ -395,9 +412,10 @@ pub fn runs(root: &Path, args: RunsArgs) -> anyhow::Result<ExitCode> {
             println!("\ndata checks:");
             for check in &detail.checks {
                 println!(
-                    "  {} {}  {}",
+                    "  {} {} {}  {}",
                     if check.passed { "pass" } else { "FAIL" },
                     check.file,
+                    check.rule_name(),
                     check.message
                 );
             }
@@ -405,7 +423,25 @@ pub fn runs(root: &Path, args: RunsArgs) -> anyhow::Result<ExitCode> {
         if !detail.gates.is_empty() {
             println!("\ngates:");
             for gate in &detail.gates {
-                println!("  {:<8} {:<40} {}", gate.verdict, gate.expr, gate.detail);
+                println!(
+                    "  {:<8} {:<40} {}",
+                    gate.verdict.as_str(),
+                    gate.expr,
+                    gate.detail
+                );
+            }
+        }
+        if let Some(servable) = &detail.servable {
+            println!(
+                "\nservable check: {}  {} ({:.2}s)",
+                if servable.passed { "pass" } else { "FAIL" },
+                servable.message,
+                servable.duration_ms as f64 / 1000.0
+            );
+            if let Some(more) = &servable.detail {
+                for line in more.lines() {
+                    println!("  {line}");
+                }
             }
         }
         return Ok(exit::code(exit::SUCCESS));
@@ -419,7 +455,7 @@ pub fn runs(root: &Path, args: RunsArgs) -> anyhow::Result<ExitCode> {
         eprintln!("no runs yet: start one with `kiln run`");
     } else {
         println!(
-            "{:>5}  {:<16} {:<12} {:<20} {:>9}  commit",
+            "{:>5}  {:<16} {:<20} {:<20} {:>9}  commit",
             "id", "model", "status", "started (UTC)", "duration"
         );
     }
@@ -435,10 +471,10 @@ pub fn runs(root: &Path, args: RunsArgs) -> anyhow::Result<ExitCode> {
             .duration_ms
             .map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0));
         println!(
-            "{:>5}  {:<16} {:<12} {:<20} {:>9}  {commit}",
+            "{:>5}  {:<16} {:<20} {:<20} {:>9}  {commit}",
             run.id,
             run.model,
-            run.status.as_str(),
+            status_word(run),
             when(run),
             duration
         );
@@ -482,7 +518,9 @@ pub fn logs(root: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
             if args.stage.is_some() {
                 eprintln!(
                     "stage `{}` did not run a command in run {} ({}): it has no log",
-                    stage.stage, args.id, stage.outcome
+                    stage.stage,
+                    args.id,
+                    stage.outcome.label()
                 );
             }
             continue;
@@ -556,10 +594,16 @@ pub fn metrics(root: &Path, command: MetricsCommand) -> anyhow::Result<ExitCode>
     let new = registry.run(b).map_err(|e| Usage(e.to_string()))?.metrics;
     let rows = report::metric_rows(&new, Some(&old));
     if json {
-        let items: Vec<_> = rows.iter().map(|(k, new, old)| json!({"metric": k, "old": old, "new": new, "delta": new.zip(*old).map(|(n, o)| n - o)})).collect();
+        let metrics: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(k, new, old)| {
+                let delta = new.zip(*old).map(|(n, o)| n - o);
+                (k.clone(), json!({"old": old, "new": new, "delta": delta}))
+            })
+            .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"run_a": a, "run_b": b, "metrics": items}))?
+            serde_json::to_string_pretty(&json!({"run_a": a, "run_b": b, "metrics": metrics}))?
         );
         return Ok(exit::code(exit::SUCCESS));
     }

@@ -12,6 +12,9 @@ pub const INVALID: u8 = 2;
 pub const CHECK_FAILED: u8 = 3;
 /// A quality gate failed.
 pub const GATE_FAILED: u8 = 4;
+/// The model could not be served: the servable check (its artifact loaded in its engine,
+/// predicting on an example) failed.
+pub const UNSERVABLE: u8 = 5;
 /// The run was cancelled (Ctrl-C, SIGTERM).
 pub const CANCELLED: u8 = 130;
 
@@ -21,6 +24,7 @@ pub const HELP: &str = "Exit codes:
   2    invalid command line or project file
   3    a data check failed
   4    a quality gate failed
+  5    the model could not be served: the servable check failed
   130  cancelled (Ctrl-C or SIGTERM)";
 
 pub fn code(value: u8) -> ExitCode {

@@ -86,8 +86,10 @@ pub fn write_junit(path: &Path, result: &RunReport) -> std::io::Result<()> {
                     status.set_message(check.message.clone());
                     status
                 };
-                let mut case =
-                    TestCase::new(format!("check {} {}", check.file, check.rule), status);
+                let mut case = TestCase::new(
+                    format!("check {} {}", check.file, check.rule_name()),
+                    status,
+                );
                 case.set_classname(format!("kiln.{}.checks", model.model));
                 suite.add_test_case(case);
             }
@@ -110,6 +112,27 @@ pub fn write_junit(path: &Path, result: &RunReport) -> std::io::Result<()> {
             case.set_classname(format!("kiln.{}.gates", model.model));
             suite.add_test_case(case);
         }
+        if let Some(servable) = &model.servable {
+            let status = if servable.passed {
+                TestCaseStatus::success()
+            } else {
+                let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                status.set_message(format!(
+                    "the artifact could not be served: {}",
+                    servable.message
+                ));
+                if let Some(detail) = &servable.detail {
+                    status.set_description(detail.clone());
+                }
+                status
+            };
+            let mut case = TestCase::new("servable check", status);
+            case.set_classname(format!("kiln.{}.servable", model.model));
+            case.set_time(std::time::Duration::from_millis(
+                servable.duration_ms as u64,
+            ));
+            suite.add_test_case(case);
+        }
         report.add_test_suite(suite);
     }
     let xml = report.to_string().map_err(std::io::Error::other)?;
@@ -125,12 +148,19 @@ pub fn write_markdown(path: &Path, result: &RunReport) -> std::io::Result<()> {
         } else {
             "❌"
         };
+        let why = model
+            .failure
+            .filter(|_| model.status == kiln_registry::Status::Failed)
+            .map_or(String::new(), |kind| format!(" ({})", kind.as_str()));
         md.push_str(&format!(
-            "## {icon} Kiln: `{}` run {} {}\n\n",
+            "## {icon} Kiln: `{}` run {} {}{why}\n\n",
             model.model,
             model.run_id,
             model.status.as_str()
         ));
+        if let Some(message) = &model.message {
+            md.push_str(&format!("{message}\n\n"));
+        }
         if !model.metrics.is_empty() {
             let previous = model.previous.as_ref();
             let header = previous.map_or("previous".to_string(), |(id, _)| format!("run {id}"));
@@ -167,6 +197,13 @@ pub fn write_markdown(path: &Path, result: &RunReport) -> std::io::Result<()> {
             }
             md.push('\n');
         }
+        if let Some(servable) = &model.servable {
+            let verdict = if servable.passed { "✅" } else { "❌" };
+            md.push_str(&format!(
+                "Servable check: {verdict} {}\n\n",
+                servable.message
+            ));
+        }
         md.push_str("<details><summary>Stages</summary>\n\n| stage | outcome | duration |\n|---|---|---:|\n");
         for stage in &model.stages {
             md.push_str(&format!(
@@ -189,19 +226,27 @@ pub fn run_json(result: &RunReport) -> Value {
             json!({
                 "model": model.model,
                 "run": model.run_id,
-                "status": model.status.as_str(),
+                "status": model.status,
+                "failure": model.failure,
+                "message": model.message,
                 "stages": model.stages.iter().map(|s| json!({
                     "stage": s.id.stage,
-                    "outcome": s.outcome.label(),
+                    "outcome": s.outcome.recorded(),
                     "duration_ms": s.duration.as_millis() as u64,
                     "cache_key": s.key.map(|k| k.to_hex()),
                     "log": s.log,
+                    "outs": s.outs,
                     "checks": s.checks,
                 })).collect::<Vec<_>>(),
                 "metrics": model.metrics.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-                "gates": model.gates.iter().map(|g| json!({"gate": g.text, "verdict": g.verdict.label(), "detail": g.detail()})).collect::<Vec<_>>(),
+                "gates": model.gates.iter().map(|g| json!({"gate": g.text, "verdict": g.recorded_verdict(), "detail": g.detail()})).collect::<Vec<_>>(),
+                "servable": model.servable,
             })
         })
         .collect();
-    json!({"duration_ms": result.duration.as_millis() as u64, "models": models})
+    json!({
+        "duration_ms": result.duration.as_millis() as u64,
+        "failure": result.failure,
+        "models": models,
+    })
 }

@@ -150,6 +150,15 @@ impl Observer for Progress {
                     ));
                 }
             }
+            (_, Event::ServableCheckStarted { model }) => {
+                self.line(&format!("  servable check of `{model}`..."))
+            }
+            (_, Event::ServableCheckFinished { model, result }) => self.line(&format!(
+                "  servable check of `{model}` {}: {} ({})",
+                if result.passed { "passed" } else { "FAILED" },
+                result.message,
+                duration(Duration::from_millis(result.duration_ms as u64))
+            )),
             (Progress::Plain, Event::StageFinished { report }) => {
                 eprintln!(
                     "{}",

@@ -5,4 +5,5 @@ mod common;
 mod example;
 mod formats;
 mod run;
+mod runs;
 mod serve;

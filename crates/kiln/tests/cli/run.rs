@@ -127,7 +127,7 @@ fn set_overrides_are_used_and_recorded() {
     assert_eq!(project.read("model.txt"), "x\n1\n2\n0.5");
     let shown = stdout(&project.kiln(&["runs", "show", "2", "--json"]));
     let run: serde_json::Value = serde_json::from_str(&shown).unwrap();
-    assert_eq!(run["overrides"], serde_json::json!({"train.C": "0.5"}));
+    assert_eq!(run["overrides"], serde_json::json!({"train.C": 0.5}));
     assert_eq!(run["params"]["train.C"], serde_json::json!(0.5));
 
     let typo = project.kiln(&["run", "--set", "train.c=3"]);
@@ -547,7 +547,7 @@ fn set_reaches_only_the_models_that_have_the_param() {
         .map(|r| &r["overrides"])
         .collect();
     assert!(
-        overrides.contains(&&serde_json::json!({"train.C": "2"}))
+        overrides.contains(&&serde_json::json!({"train.C": 2}))
             && overrides.contains(&&serde_json::json!({})),
         "{runs}"
     );

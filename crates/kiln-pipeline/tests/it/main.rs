@@ -1,0 +1,5 @@
+//! Integration tests of the pipeline engine: real processes, real virtualenvs, real projects in
+//! temporary folders.
+
+mod python_env;
+mod servable;
