@@ -200,6 +200,7 @@ pub fn publish(
     let target = PathBuf::from("../artifacts").join(artifact.digest.to_hex());
     if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
         let temporary = serving.join(format!(".{model}.{}", std::process::id()));
+        // A link left by a crash of this pid, usually none; `symlink` below says if it stays.
         let _ = std::fs::remove_file(&temporary);
         std::os::unix::fs::symlink(&target, &temporary)
             .map_err(|source| Error::io("link", &temporary, source))?;

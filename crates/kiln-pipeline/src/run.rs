@@ -849,6 +849,7 @@ fn schedule(
                     observer.on_event(Event::StageStarted { id });
                     scope.spawn(move || {
                         let result = run_stage(stage, context);
+                        // The receiver lives until every stage thread of the scope ended.
                         let _ = sender.send(result);
                     });
                     continue;

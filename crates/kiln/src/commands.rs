@@ -70,6 +70,9 @@ fn hint_for(error: &anyhow::Error) -> Option<String> {
     if let Some(kiln_pipeline::Error::UnknownParam { .. }) = error.downcast_ref() {
         return Some("`--set` takes a key of the params file, e.g. `--set train.C=0.5`".into());
     }
+    if let Some(error) = error.downcast_ref::<kiln_pipeline::Error>() {
+        return error.hint();
+    }
     None
 }
 

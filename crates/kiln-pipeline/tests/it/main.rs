@@ -1,5 +1,6 @@
 //! Integration tests of the pipeline engine: real processes, real virtualenvs, real projects in
 //! temporary folders.
 
+mod outs;
 mod python_env;
 mod servable;

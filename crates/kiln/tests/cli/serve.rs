@@ -197,7 +197,7 @@ fn an_unknown_model_name_says_what_is_wrong() {
     assert_eq!(output.status.code(), Some(1));
     assert!(
         crate::common::stderr(&output)
-            .contains("model `m` has no succeeded run yet: run `kiln run m` first"),
+            .contains("model `m` has no succeeded run yet\nhint: run `kiln run m` first"),
         "{}",
         crate::common::stderr(&output)
     );
