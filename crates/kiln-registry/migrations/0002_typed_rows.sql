@@ -2,6 +2,10 @@
 -- data-check result names its column apart from its rule, the servable check has a table, and
 -- every enumerated column takes only the names the registry's types spell.
 
+-- A run's data checks and gates are read by run: index them so (the first schema had none).
+CREATE INDEX check_results_by_run ON check_results (run_id, position);
+CREATE INDEX gate_results_by_run ON gate_results (run_id, position);
+
 -- Outs: one row per out, moved out of the JSON in `stage_results.outs`.
 CREATE TABLE stage_outs (
     run_id INTEGER NOT NULL REFERENCES runs (id),
