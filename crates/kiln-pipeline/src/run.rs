@@ -628,7 +628,7 @@ fn check_servable<'a>(
     let outcome = run_artifact(workspace, project, model, run_id, outs)
         .map_err(|error| ServabilityFailure {
             message: error_chain(&error),
-            detail: error.hint(),
+            detail: None,
         })
         .and_then(|artifact| check.check(project, model, &artifact, environment));
     let duration_ms = started.elapsed().as_millis() as i64;
