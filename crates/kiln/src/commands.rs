@@ -234,7 +234,18 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let runs: Vec<String> = result
         .models
         .iter()
-        .map(|m| format!("run {} of `{}` {}", m.run_id, m.model, m.status.as_str()))
+        .map(|m| {
+            let why = m
+                .failure
+                .filter(|_| m.status == Status::Failed)
+                .map_or(String::new(), |kind| format!(" ({})", kind.as_str()));
+            format!(
+                "run {} of `{}` {}{why}",
+                m.run_id,
+                m.model,
+                m.status.as_str()
+            )
+        })
         .collect();
     let code = match result.failure {
         None => exit::SUCCESS,

@@ -89,6 +89,11 @@ fn runs_tell_failures_apart_and_speak_typed_json() {
     project.write("score.json", r#"{"accuracy": 0.5}"#);
     let gate = project.kiln(&["run", "--json"]);
     assert_eq!(gate.status.code(), Some(4), "{}", stderr(&gate));
+    assert!(
+        stderr(&gate).contains("run 2 of `m` failed (gate)"),
+        "{}",
+        stderr(&gate)
+    );
     let report = json_of(&gate);
     assert_eq!(report["failure"], json!("gate"));
     assert_eq!(report["models"][0]["failure"], json!("gate"));
