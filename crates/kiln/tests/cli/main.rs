@@ -4,5 +4,6 @@ mod check;
 mod common;
 mod example;
 mod formats;
+mod init;
 mod run;
 mod serve;
