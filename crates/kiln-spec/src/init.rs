@@ -110,6 +110,8 @@ struct Shared {
     other_scripts: Vec<String>,
     /// `tests/` at the root.
     tests: bool,
+    /// Some model runs the root's `tests/` (its requirements have pytest).
+    tests_run: bool,
 }
 
 /// The text of a commented `kiln.yaml` for the repository at `root`.
@@ -160,13 +162,14 @@ pub fn scaffold(root: &Path) -> Result<String, InitError> {
         }
         found[index].name = name;
     }
-    let shared = find_shared(root);
+    let mut shared = find_shared(root);
     // Shared stages (preprocessing, the root's tests) belong to one model: the first, and for
     // tests the first whose requirements have pytest.
     let tests_owner = shared
         .tests
         .then(|| found.iter().position(|model| model.pytest))
         .flatten();
+    shared.tests_run = tests_owner.is_some();
     let mut out = String::new();
     write_header(&mut out, &skipped, &shared);
     for (index, model) in found.iter().enumerate() {
@@ -296,6 +299,7 @@ fn find_shared(root: &Path) -> Shared {
         preprocess,
         other_scripts,
         tests: root.join("tests").is_dir(),
+        tests_run: false,
     }
 }
 
@@ -398,6 +402,11 @@ fn write_header(out: &mut String, skipped: &[String], shared: &Shared) {
         let _ = writeln!(
             out,
             "#\n# `{dir}` was left out: it has no `src/train.py` (or `train.py`)."
+        );
+    }
+    if shared.tests && !shared.tests_run {
+        out.push_str(
+            "#\n# `tests` was left out: add `pytest` to a model's requirements to run it as a stage.\n",
         );
     }
     for script in &shared.other_scripts {
@@ -940,5 +949,74 @@ mod tests {
                 .unwrap()
                 .contains("dvc.yaml")
         );
+    }
+
+    #[test]
+    fn design_layout_with_scripts_tests_and_two_models() {
+        let root = tree(&[
+            "models/b/src/train.py",
+            "data/raw/rows.csv",
+            "scripts/download.py",
+        ]);
+        let write = |path: &str, text: &str| {
+            let path = root.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write(
+            "scripts/preprocess.py",
+            "import pandas as pd\npd.read_csv('data/raw/rows.csv').to_csv('data/processed/rows.csv')\n",
+        );
+        write(
+            "tests/test_preprocess.py",
+            "def test_nothing():\n    pass\n",
+        );
+        write("models/a/src/requirements.txt", "scikit-learn\npytest>=8\n");
+        write(
+            "models/a/src/train.py",
+            "import json, joblib\nfrom pathlib import Path\nOUT = Path(__file__).parent.parent\njoblib.dump(model, OUT / 'model.joblib')\nwith open(OUT / 'scores.json', 'w') as f:\n    json.dump({}, f)\n",
+        );
+        write(
+            "models/a/src/predict.py",
+            "import joblib\n\ndef load(model_dir):\n    return joblib.load(f'{model_dir}/model.joblib')\n",
+        );
+        let (text, project) = scaffold_and_parse(root.path());
+        assert!(
+            text.contains("`scripts/download.py` was left out"),
+            "{text}"
+        );
+        let a = project.model("a").unwrap();
+        let stages: Vec<&str> = a.stages.iter().map(|s| s.id.stage.as_str()).collect();
+        assert_eq!(stages, ["preprocess", "train", "package", "test"], "{text}");
+        let [preprocess, train, package, test] = a.stages.as_slice() else {
+            unreachable!()
+        };
+        assert_eq!(preprocess.cmd, "cd ../.. && python scripts/preprocess.py");
+        assert_eq!(
+            paths(&preprocess.deps),
+            ["scripts/preprocess.py", "data/raw"]
+        );
+        assert_eq!(paths(&preprocess.outs), ["data/processed"]);
+        // Paths built from `__file__` keep train.py running in the model's folder.
+        assert_eq!(train.cmd, "python src/train.py");
+        assert_eq!(paths(&train.metrics), ["models/a/scores.json"]);
+        assert_eq!(
+            paths(&train.outs),
+            ["models/a/model.joblib", "models/a/scores.json"]
+        );
+        assert_eq!(paths(&package.outs), ["models/a/model"]);
+        assert_eq!(a.artifact.as_ref().unwrap().as_str(), "models/a/model");
+        assert!(
+            test.cmd.ends_with("pytest -q -p no:cacheprovider tests"),
+            "{}",
+            test.cmd
+        );
+        // The second model reads what the first one's preprocessing writes.
+        let b = project.model("b").unwrap();
+        assert_eq!(
+            paths(&b.stages[0].deps),
+            ["models/b/src/train.py", "data/processed"]
+        );
+        assert!(!text.contains("`tests` was left out"), "{text}");
     }
 }
