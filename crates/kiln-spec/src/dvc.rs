@@ -357,7 +357,7 @@ impl Reader<'_> {
             );
             return None;
         }
-        let Ok(text) = std::fs::read_to_string(path.to_path(self.root)) else {
+        let Ok(bytes) = std::fs::read(path.to_path(self.root)) else {
             self.error(
                 format!("vars file `{path}` does not exist"),
                 span,
@@ -365,14 +365,18 @@ impl Reader<'_> {
             );
             return None;
         };
-        match yaml::load(&text, yaml::Options::default()) {
+        // The file's own mistakes point into it.
+        let read = SourceFile::from_bytes(path.as_str(), bytes).and_then(|source| {
+            yaml::load(&source.text, yaml::Options::default()).map_err(|e| e.diagnostic(&source))
+        });
+        match read {
             Ok(node) => Some(node),
-            Err(error) => {
-                self.error(
-                    format!("vars file `{path}` is not valid YAML or JSON: {error}"),
-                    span,
-                    None,
-                );
+            Err(diagnostic) => {
+                let diagnostic = match diagnostic.hint {
+                    Some(_) => diagnostic,
+                    None => diagnostic.hint("`dvc.yaml` reads this file in `vars`"),
+                };
+                self.diagnostics.push(diagnostic);
                 None
             }
         }
@@ -1474,6 +1478,14 @@ stages:
         assert!(
             diagnostic.to_string().starts_with("params.yaml:3:"),
             "{diagnostic}"
+        );
+        let (_dir, parsed) = parse(
+            &[("config.yaml", "size: 1\n\tdepth: 2\n")],
+            "vars: [config.yaml]\nstages:\n  a:\n    cmd: echo ${size}\n",
+        );
+        assert_eq!(
+            positions(&parsed.unwrap_err())[0],
+            "config.yaml:2:1: a tab is used for indentation"
         );
     }
 }

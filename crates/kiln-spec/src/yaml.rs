@@ -23,7 +23,7 @@ use crate::diagnostic::{Diagnostic, Location, SourceFile};
 /// in a real pipeline add; far below what an alias bomb would.
 pub const ALIAS_BUDGET: usize = 100_000;
 /// How deeply collections may nest: deeper is no pipeline, and would only exhaust the stack.
-pub const MAX_DEPTH: usize = 200;
+pub const MAX_DEPTH: usize = 64;
 
 /// How to load a file.
 #[derive(Debug, Clone, Copy, Default)]
@@ -515,8 +515,16 @@ mod tests {
                 .message
                 .contains("more than one")
         );
-        let deep = format!("a: {}{}\n", "[".repeat(300), "]".repeat(300));
-        assert!(parse(&deep).is_err());
+        for depth in [300, 100_000] {
+            let deep = format!("a: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+            assert!(parse(&deep).is_err());
+        }
+        let mut deep = String::new();
+        for level in 0..1000 {
+            deep.push_str(&format!("{}k{level}:\n", " ".repeat(level)));
+        }
+        let error = parse(&deep).unwrap_err();
+        assert!(error.message.contains("nest"), "{error}");
         assert!(
             parse("")
                 .unwrap()
