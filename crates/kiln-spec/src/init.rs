@@ -289,8 +289,16 @@ fn find_shared(root: &Path) -> Shared {
             other_scripts.push(format!("scripts/{name}"));
             continue;
         }
+        // The stage is named after the script, unless that is taken by a model's own stages.
+        let mut stage =
+            crate::project::name_from_folder(name.trim_end_matches(".py"), "preprocess");
+        while ["prepare", "train", "evaluate", "package", "test"].contains(&stage.as_str())
+            || preprocess.iter().any(|p: &Preprocess| p.name == stage)
+        {
+            stage = format!("script-{stage}");
+        }
         preprocess.push(Preprocess {
-            name: crate::project::name_from_folder(name.trim_end_matches(".py"), "preprocess"),
+            name: stage,
             script: format!("scripts/{name}"),
             outs,
         });
@@ -1018,5 +1026,37 @@ mod tests {
             ["models/b/src/train.py", "data/processed"]
         );
         assert!(!text.contains("`tests` was left out"), "{text}");
+    }
+
+    #[test]
+    fn several_preprocessing_scripts_each_own_what_they_write() {
+        let root = tree(&["train.py", "data/raw/rows.csv"]);
+        let write = |path: &str, text: &str| {
+            let path = root.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write(
+            "scripts/clean.py",
+            "import shutil\nshutil.copy('data/raw/rows.csv', 'data/processed/clean.csv')\n",
+        );
+        write(
+            "scripts/train.py",
+            "with open('data/processed/clean.csv') as source:\n    rows = source.read()\nwith open('data/processed/split.csv', 'w') as out:\n    out.write(rows)\n",
+        );
+        let (text, project) = scaffold_and_parse(root.path());
+        let stages: Vec<(&str, Vec<&str>)> = project.models[0]
+            .stages
+            .iter()
+            .map(|s| (s.id.stage.as_str(), paths(&s.outs)))
+            .collect();
+        assert_eq!(
+            stages[..2],
+            [
+                ("clean", vec!["data/processed/clean.csv"]),
+                ("script-train", vec!["data/processed/split.csv"]),
+            ],
+            "{text}"
+        );
     }
 }

@@ -106,10 +106,10 @@ pub(crate) fn analyse(source: &str) -> Facts {
             facts.imports.extend(module);
             continue;
         }
-        let value = path_of(&code, &literals, &bound);
-        if let Some(value) = value.as_ref().filter(|v| !v.rel.is_empty()) {
-            facts.named.push(value.clone());
-        }
+        let values = paths_of(&code, &literals, &bound);
+        facts
+            .named
+            .extend(values.iter().filter(|v| !v.rel.is_empty()).cloned());
         let writes = is_write(&code, &literals);
         let reads = !writes && READS.iter().any(|r| code.contains(r));
         // `NAME = <path>`: remember it; the line itself neither reads nor writes.
@@ -117,19 +117,30 @@ pub(crate) fn analyse(source: &str) -> Facts {
             && !writes
             && !reads
         {
-            if let Some(value) = value {
+            if let Some(value) = values.into_iter().next() {
                 bound.insert(name.to_string(), value);
             }
             continue;
         }
-        let targets: Vec<FoundPath> = match value {
-            Some(value) if value.rel.contains('.') => vec![value],
-            _ => names_in(&code)
+        let mut targets: Vec<FoundPath> = values
+            .into_iter()
+            .filter(|value| value.rel.contains('.'))
+            .collect();
+        if targets.is_empty() {
+            targets = names_in(&code)
                 .filter_map(|name| bound.get(name).cloned())
                 .filter(|path| has_extension(&path.rel))
-                .collect(),
-        };
-        if writes {
+                .collect();
+        }
+        // `shutil.copy(source, target)`: the last path is written, the others read.
+        if ["copy(", "copyfile(", "copy2(", "move("]
+            .iter()
+            .any(|call| code.contains(&format!("shutil.{call}")))
+            && let Some(target) = targets.pop()
+        {
+            facts.reads.extend(targets);
+            facts.writes.push(target);
+        } else if writes {
             facts.writes.extend(targets);
         } else if reads {
             facts.reads.extend(targets);
@@ -241,53 +252,81 @@ fn is_write(code: &str, literals: &[Literal]) -> bool {
     mode_write || WRITES.iter().any(|w| code.contains(w))
 }
 
-/// The path the line builds, if any: its path-like literals joined, from the base that stands
-/// before the first of them.
-fn path_of(
+/// The paths the line builds: each run of joined path-like literals (`a / "b" / "c.csv"`,
+/// `os.path.join(a, "b", "c.csv")`) from the base that stands before its first literal. A line
+/// with no path literal may still name a folder (`HERE = Path(__file__).parent`).
+fn paths_of(
     code: &str,
     literals: &[Literal],
     bound: &HashMap<String, FoundPath>,
-) -> Option<FoundPath> {
+) -> Vec<FoundPath> {
     let parts: Vec<&Literal> = literals
         .iter()
         .filter(|l| !l.formatted && is_path_part(l, code))
         .collect();
-    let first = parts.first();
-    let before = first.map_or(code, |l| l.before.as_str());
-    let base = if before.contains("__file__") {
-        Some(FoundPath {
+    if parts.is_empty() {
+        let folder =
+            base_of(code, bound).filter(|_| code.contains("__file__") || code.contains(".parent"));
+        return folder.into_iter().collect();
+    }
+    let mut paths: Vec<FoundPath> = Vec::new();
+    let mut previous_end = 0;
+    for part in parts {
+        let between = &part.before[previous_end..];
+        let joined = between.trim_end() == "/"
+            || between.trim_start().starts_with('/') && between.trim_end().ends_with('/')
+            || (in_join(&part.before) && !between.contains(')') && !between.contains("join("));
+        match paths.last_mut() {
+            Some(path) if joined && previous_end > 0 => {
+                path.rel.push('/');
+                path.rel.push_str(part.text.trim_start_matches("./"));
+            }
+            _ => {
+                // The base is what stands between the previous path and this literal.
+                let before = &part.before[previous_end..];
+                let mut found = base_of(before, bound).unwrap_or(FoundPath {
+                    base: Base::WorkingDir,
+                    rel: String::new(),
+                });
+                if !found.rel.is_empty() {
+                    found.rel.push('/');
+                }
+                found.rel.push_str(part.text.trim_start_matches("./"));
+                paths.push(found);
+            }
+        }
+        // The literal is blanked as `""` in the code.
+        previous_end = part.before.len() + 2;
+    }
+    paths
+}
+
+/// The folder a path starts from: `__file__` and its parents, or the last bound name.
+fn base_of(before: &str, bound: &HashMap<String, FoundPath>) -> Option<FoundPath> {
+    if before.contains("__file__") {
+        return Some(FoundPath {
             base: Base::ScriptDir(levels_up(before)),
             rel: String::new(),
+        });
+    }
+    names_in(before)
+        .filter_map(|name| bound.get(name))
+        .last()
+        .map(|found| {
+            let mut found = found.clone();
+            for _ in 0..before.matches(".parent").count() {
+                found.rel.push_str("/..");
+            }
+            found
         })
-    } else {
-        // The last bound name before the literal is the folder it is joined to.
-        names_in(before)
-            .filter_map(|name| bound.get(name))
-            .last()
-            .map(|found| {
-                let mut found = found.clone();
-                for _ in 0..before.matches(".parent").count() {
-                    found.rel.push_str("/..");
-                }
-                found
-            })
-    };
-    if parts.is_empty() {
-        // `HERE = Path(__file__).parent`: a folder, bound for later lines.
-        return base.filter(|_| code.contains("__file__") || code.contains(".parent"));
-    }
-    let mut found = base.unwrap_or(FoundPath {
-        base: Base::WorkingDir,
-        rel: String::new(),
-    });
-    for part in parts {
-        if !found.rel.is_empty() {
-            found.rel.push('/');
-        }
-        found.rel.push_str(part.text.trim_start_matches("./"));
-    }
-    found.rel = found.rel.trim_start_matches('/').to_string();
-    Some(found)
+}
+
+/// True when the text ends inside an `os.path.join(` call.
+fn in_join(before: &str) -> bool {
+    before.rfind("os.path.join(").is_some_and(|start| {
+        let inside = &before[start + "os.path.join(".len()..];
+        inside.matches('(').count() >= inside.matches(')').count()
+    })
 }
 
 /// How many folders above the script's own a `__file__` expression points: `Path(__file__)
@@ -314,12 +353,8 @@ fn is_path_part(literal: &Literal, code: &str) -> bool {
         return false;
     }
     let before = literal.before.as_str();
-    let in_join = before.rfind("os.path.join(").is_some_and(|start| {
-        let inside = &before[start + "os.path.join(".len()..];
-        inside.matches('(').count() >= inside.matches(')').count()
-    });
     let joined = before.trim_end().ends_with('/')
-        || in_join
+        || in_join(before)
         || code[before.len()..]
             .trim_start_matches('"')
             .trim_start()
@@ -406,6 +441,15 @@ def main():
         assert_eq!(facts.reads.len(), 1);
         assert_eq!(facts.reads[0].rel, "model.pkl");
         assert!(facts.writes.is_empty());
+    }
+
+    #[test]
+    fn two_paths_on_one_line_stay_apart() {
+        let facts = analyse(
+            "import os, shutil\nshutil.copy('data/raw/a.csv', os.path.join('data', 'processed', 'a.csv'))\n",
+        );
+        assert_eq!(facts.reads, [at(Base::WorkingDir, "data/raw/a.csv")]);
+        assert_eq!(facts.writes, [at(Base::WorkingDir, "data/processed/a.csv")]);
     }
 
     #[test]
