@@ -124,6 +124,12 @@ pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
                         "did you mean `{near}`? expected one of: {}",
                         expected.join(", ")
                     ),
+                    // At the top level of `kiln.yaml`, a block kept for anchors (`.defaults:`,
+                    // as GitLab writes them) needs the `x-` prefix.
+                    None if expected.contains(&"models") => format!(
+                        "expected one of: {}; a block kept for YAML anchors goes under a key that starts with `{EXTENSION_PREFIX}`",
+                        expected.join(", ")
+                    ),
                     None => format!("expected one of: {}", expected.join(", ")),
                 }),
             ),
@@ -946,6 +952,36 @@ mod tests {
             messages(load(dir.path()).unwrap_err()),
             ["params.yaml:3:9: `params.yaml` is not UTF-8: byte `0xe9` at line 3, column 9"]
         );
+    }
+
+    #[test]
+    fn an_unknown_top_level_key_suggests_the_extension_prefix() {
+        let dir = project(&[(
+            KILN_FILE,
+            b".defaults: &d {cmd: echo}\nmodels:\n  m:\n    stages:\n      a: *d\n",
+        )]);
+        let error = load(dir.path()).unwrap_err();
+        let Error::Invalid { diagnostics, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(
+            diagnostics[0].to_string(),
+            "kiln.yaml:1:1: unknown key `.defaults`"
+        );
+        assert!(
+            diagnostics[0]
+                .hint
+                .as_deref()
+                .unwrap()
+                .ends_with("starts with `x-`"),
+            "{:?}",
+            diagnostics[0].hint
+        );
+        let dir = project(&[(
+            KILN_FILE,
+            b"x-defaults: &d {cmd: echo}\nmodels:\n  m:\n    stages:\n      a: *d\n",
+        )]);
+        assert_eq!(load(dir.path()).unwrap().stages().count(), 1);
     }
 
     #[test]
