@@ -22,6 +22,36 @@ impl SourceFile {
         }
     }
 
+    /// A file read as bytes, which must be UTF-8. When it is not, the diagnostic names the
+    /// first bad byte by line and column, quoting the line with the byte replaced.
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self, Diagnostic> {
+        let path = path.into();
+        match String::from_utf8(bytes) {
+            Ok(text) => Ok(Self::new(path, text)),
+            Err(error) => {
+                let bad = error.utf8_error().valid_up_to();
+                let byte = error.as_bytes()[bad];
+                // The valid prefix reads the same in the lossy text, so `bad` is an offset
+                // into it too, at the replacement character.
+                let file = Self::new(
+                    path.clone(),
+                    String::from_utf8_lossy(error.as_bytes()).into_owned(),
+                );
+                let location = Location {
+                    range: bad..bad + '\u{FFFD}'.len_utf8(),
+                    file,
+                };
+                let (line, column) = location.line_column();
+                Err(Diagnostic::new(format!(
+                    "`{}` is not UTF-8: byte `{byte:#04x}` at line {line}, column {column}",
+                    path.display()
+                ))
+                .at(Some(location))
+                .hint("save the file as UTF-8"))
+            }
+        }
+    }
+
     /// Byte offset of a 1-based line and column (columns count characters).
     pub fn offset(&self, line: usize, column: usize) -> usize {
         let mut offset = 0;

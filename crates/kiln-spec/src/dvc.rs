@@ -14,12 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
-use marked_yaml::{LoaderOptions, Node, Span};
+use marked_yaml::{Node, Span};
 
 use crate::diagnostic::{Diagnostic, Location, SourceFile};
 use crate::project::{Model, Project, ProjectFormat, RelPath, Stage, StageId, StageLocations};
-use crate::validate::{DVC_FILE, check_graph, locate, parse_yaml};
+use crate::validate::{DVC_FILE, check_graph, locate, parse_node};
 use crate::values::{self, FlatValues};
+use crate::yaml;
 
 /// Keys DVC allows at the top level of `dvc.yaml`.
 const TOP_KEYS: &[&str] = &[
@@ -69,16 +70,12 @@ const PARAMS_FILE: &str = "params.yaml";
 
 /// Reads and validates the text of a `dvc.yaml`.
 pub fn parse_dvc(root: &Path, source: SourceFile) -> Result<Project, Vec<Diagnostic>> {
-    // The serde pass only turns YAML syntax errors into located diagnostics, as for `kiln.yaml`;
-    // the walk below needs the nodes themselves, which serde does not hand out.
-    parse_yaml::<serde::de::IgnoredAny>(&source).map_err(|d| vec![d])?;
-    let options = LoaderOptions::default().error_on_duplicate_keys(true);
-    let node = marked_yaml::parse_yaml_with_options(0, &*source.text, options)
-        .map_err(|error| vec![Diagnostic::new(format!("invalid YAML: {error}"))])?;
+    let node = parse_node(&source).map_err(|d| vec![d])?;
     let mut reader = Reader {
         root,
         source: &source,
         diagnostics: Vec::new(),
+        params_unreadable: false,
     };
     let model = reader.model(&node, model_name_for(root));
     let mut diagnostics = reader.diagnostics;
@@ -133,6 +130,8 @@ struct Reader<'a> {
     root: &'a Path,
     source: &'a SourceFile,
     diagnostics: Vec<Diagnostic>,
+    /// `params.yaml` exists but could not be read (and that was reported).
+    params_unreadable: bool,
 }
 
 impl Reader<'_> {
@@ -171,13 +170,16 @@ impl Reader<'_> {
                 self.unknown_key(key, "at the top level of `dvc.yaml`", TOP_KEYS);
             }
         }
-        let params = self.params_file();
+        let (params, params_node) = match self.params_file() {
+            Some((params, node)) => (Some(params), node),
+            None => (None, None),
+        };
         // DVC lets `${...}` name the top-level `vars` first, then the keys of `params.yaml`.
         let mut base = Scope::default();
         if let Some(vars) = top.get_node("vars") {
             self.vars(vars, &RelPath::root(), &mut base);
         }
-        if let Some(node) = self.params_node() {
+        if let Some(node) = params_node {
             base.layers.push(Layer { node, only: None });
         }
         let Some(stages_node) = top.get_node("stages") else {
@@ -255,35 +257,53 @@ impl Reader<'_> {
             params_file: params.map(|p| p.path),
             stages,
             artifact,
+            example: None,
             gates: Vec::new(),
         })
     }
 
-    fn params_file(&mut self) -> Option<ParamsFile> {
+    /// `params.yaml` at the root, flattened, and as nodes for `${...}`. A malformed one is
+    /// reported where it is wrong.
+    fn params_file(&mut self) -> Option<(ParamsFile, Option<Node>)> {
         let path = RelPath::resolve(&RelPath::root(), PARAMS_FILE)?;
         let full = path.to_path(self.root);
         if !full.is_file() {
             return None;
         }
-        match values::read_flat(&full) {
-            Ok(values) => Some(ParamsFile { path, values }),
+        let bytes = match std::fs::read(&full) {
+            Ok(bytes) => bytes,
             Err(error) => {
-                self.diagnostics.push(
-                    Diagnostic::new(error.to_string())
-                        .hint("fix `params.yaml`: stages read their params from it"),
-                );
+                self.params_unreadable = true;
+                self.diagnostics.push(Diagnostic::new(format!(
+                    "cannot read `{PARAMS_FILE}`: {error}"
+                )));
+                return None;
+            }
+        };
+        let read = SourceFile::from_bytes(PARAMS_FILE, bytes).and_then(|source| {
+            let values = values::parse_source(&source)?;
+            let node = if source.text.trim().is_empty() {
+                None
+            } else {
+                Some(
+                    yaml::load(&source.text, yaml::Options::default())
+                        .map_err(|e| e.diagnostic(&source))?,
+                )
+            };
+            Ok((values, node))
+        });
+        match read {
+            Ok((values, node)) => Some((ParamsFile { path, values }, node)),
+            Err(diagnostic) => {
+                self.params_unreadable = true;
+                let diagnostic = match diagnostic.hint {
+                    Some(_) => diagnostic,
+                    None => diagnostic.hint("fix `params.yaml`: stages read their params from it"),
+                };
+                self.diagnostics.push(diagnostic);
                 None
             }
         }
-    }
-
-    /// `params.yaml` as nodes, for `${...}`; errors were reported by [`Self::params_file`].
-    fn params_node(&self) -> Option<Node> {
-        let text = std::fs::read_to_string(self.root.join(PARAMS_FILE)).ok()?;
-        if text.trim().is_empty() {
-            return None;
-        }
-        marked_yaml::parse_yaml(1, text).ok()
     }
 
     /// Reads a `vars` list into `scope`: inline mappings, and YAML or JSON files (`file.yaml`,
@@ -337,7 +357,7 @@ impl Reader<'_> {
             );
             return None;
         }
-        let Ok(text) = std::fs::read_to_string(path.to_path(self.root)) else {
+        let Ok(bytes) = std::fs::read(path.to_path(self.root)) else {
             self.error(
                 format!("vars file `{path}` does not exist"),
                 span,
@@ -345,14 +365,18 @@ impl Reader<'_> {
             );
             return None;
         };
-        match marked_yaml::parse_yaml(1, text) {
+        // The file's own mistakes point into it.
+        let read = SourceFile::from_bytes(path.as_str(), bytes).and_then(|source| {
+            yaml::load(&source.text, yaml::Options::default()).map_err(|e| e.diagnostic(&source))
+        });
+        match read {
             Ok(node) => Some(node),
-            Err(error) => {
-                self.error(
-                    format!("vars file `{path}` is not valid YAML or JSON: {error}"),
-                    span,
-                    None,
-                );
+            Err(diagnostic) => {
+                let diagnostic = match diagnostic.hint {
+                    Some(_) => diagnostic,
+                    None => diagnostic.hint("`dvc.yaml` reads this file in `vars`"),
+                };
+                self.diagnostics.push(diagnostic);
                 None
             }
         }
@@ -731,6 +755,8 @@ impl Reader<'_> {
         let mut stage_params = Vec::new();
         for (key, location, span) in self.params(name, body.get_node("params"), &scope, &workdir) {
             match params {
+                // A malformed `params.yaml` was reported already.
+                None if self.params_unreadable => {}
                 None => self.error(
                     format!("stage `{name}` reads param `{key}`, but there is no `{PARAMS_FILE}` at the project root"),
                     &span,
@@ -1416,5 +1442,50 @@ stages:
         );
         assert_eq!(model_name_for(Path::new("/repos/.tmpX1")), "tmpX1");
         assert_eq!(model_name_for(Path::new("/")), "default");
+    }
+
+    #[test]
+    fn anchors_and_merge_keys_work_in_dvc_yaml_and_params() {
+        let (_dir, parsed) = parse(
+            &[
+                ("src/train.py", ""),
+                ("data.csv", ""),
+                (
+                    "params.yaml",
+                    "base: &base {lr: 0.1, epochs: 3}\ntrain:\n  <<: *base\n  epochs: 10\n",
+                ),
+            ],
+            "stages:\n  prepare: &py\n    cmd: python src/train.py\n    deps: [src/train.py, data.csv]\n    outs: [prepared]\n  train:\n    <<: *py\n    cmd: python src/train.py ${train.epochs}\n    params: [train.lr]\n    outs: [model]\n",
+        );
+        let project = parsed.unwrap_or_else(|d| panic!("{:#?}", positions(&d)));
+        let train = project.stages().find(|s| s.id.stage == "train").unwrap();
+        assert_eq!(train.cmd, "python src/train.py 10");
+        assert_eq!(strings(&train.deps), ["src/train.py", "data.csv"]);
+        assert_eq!(strings(&train.outs), ["model"]);
+        assert_eq!(train.params, ["train.lr"]);
+    }
+
+    #[test]
+    fn a_malformed_params_file_is_located_in_it() {
+        let (_dir, parsed) = parse(
+            &[("params.yaml", "train:\n  lr: 0.1\n lr2: [\n")],
+            "stages:\n  train: {cmd: echo, params: [train.lr]}\n",
+        );
+        let diagnostics = parsed.unwrap_err();
+        let [diagnostic] = diagnostics.as_slice() else {
+            panic!("{:#?}", positions(&diagnostics))
+        };
+        assert!(
+            diagnostic.to_string().starts_with("params.yaml:3:"),
+            "{diagnostic}"
+        );
+        let (_dir, parsed) = parse(
+            &[("config.yaml", "size: 1\n\tdepth: 2\n")],
+            "vars: [config.yaml]\nstages:\n  a:\n    cmd: echo ${size}\n",
+        );
+        assert_eq!(
+            positions(&parsed.unwrap_err())[0],
+            "config.yaml:2:1: a tab is used for indentation"
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod project;
 pub mod schema;
 mod validate;
 pub mod values;
+mod yaml;
 
 pub use diagnostic::{Diagnostic, Location, SourceFile};
 pub use project::{

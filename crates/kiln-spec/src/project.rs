@@ -51,6 +51,9 @@ pub struct Model {
     pub params_file: Option<RelPath>,
     pub stages: Vec<Stage>,
     pub artifact: Option<RelPath>,
+    /// A CSV or JSON file of example inputs, relative to the project root: fed to the model
+    /// after a green run to prove that it serves.
+    pub example: Option<RelPath>,
     pub gates: Vec<Gate>,
 }
 

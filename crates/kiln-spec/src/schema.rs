@@ -25,6 +25,9 @@ pub struct ModelSpec {
     pub params: Option<Spanned<String>>,
     pub stages: IndexMap<Spanned<String>, StageSpec>,
     pub artifact: Option<Spanned<String>>,
+    /// A CSV or JSON file of example inputs, relative to `dir`, that Kiln feeds the model after
+    /// a green run to prove that it serves.
+    pub example: Option<Spanned<String>>,
     #[serde(default)]
     pub gates: Vec<Spanned<String>>,
 }

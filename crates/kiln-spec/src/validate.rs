@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use marked_yaml::{LoaderOptions, Span, Spanned};
+use marked_yaml::{Span, Spanned};
 
 use crate::diagnostic::{Diagnostic, Location, SourceFile};
 use crate::gate;
@@ -13,11 +13,14 @@ use crate::project::{
 };
 use crate::schema::{KilnFile, ModelSpec, StageSpec};
 use crate::values;
+use crate::yaml;
 
 /// The project file Kiln looks for first.
 pub const KILN_FILE: &str = "kiln.yaml";
 /// The DVC pipeline file Kiln runs when there is no `kiln.yaml`.
 pub const DVC_FILE: &str = "dvc.yaml";
+/// Top-level keys of `kiln.yaml` that Kiln ignores: a place for blocks that anchors share.
+pub(crate) const EXTENSION_PREFIX: &str = "x-";
 
 /// Why a project could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,22 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// What the user can do about it, shown apart from the message. `Invalid` has none of its
+    /// own: each of its diagnostics carries its hint.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::NotFound { .. } => Some(
+                "run `kiln init` to write one, or pass `-C DIR` to point at the project".into(),
+            ),
+            Error::Read { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                Some("check the file's permissions".into())
+            }
+            Error::Read { .. } | Error::Invalid { .. } => None,
+        }
+    }
+}
+
 /// Finds and reads the project under `root`: `kiln.yaml`, else `dvc.yaml`.
 pub fn load(root: &Path) -> Result<Project, Error> {
     let root = std::path::absolute(root).map_err(|source| Error::Read {
@@ -51,16 +70,17 @@ pub fn load(root: &Path) -> Result<Project, Error> {
         return Err(Error::NotFound { root });
     };
     let path = root.join(name);
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })?;
-    let source = SourceFile::new(name, text);
+    let bytes = std::fs::read(&path).map_err(|source| Error::Read { path, source })?;
+    let invalid = |diagnostics| Error::Invalid {
+        file: PathBuf::from(name),
+        diagnostics,
+    };
+    let source = SourceFile::from_bytes(name, bytes).map_err(|d| invalid(vec![d]))?;
     let parsed = match format {
         ProjectFormat::Kiln => parse_kiln(&root, source),
         ProjectFormat::Dvc => crate::dvc::parse_dvc(&root, source),
     };
-    parsed.map_err(|diagnostics| Error::Invalid {
-        file: PathBuf::from(name),
-        diagnostics,
-    })
+    parsed.map_err(invalid)
 }
 
 /// Where a spanned value stands in `source`.
@@ -73,62 +93,12 @@ pub(crate) fn locate(source: &SourceFile, span: &Span) -> Option<Location> {
     })
 }
 
-/// Parses YAML text into serde type `T`, turning YAML and shape errors into diagnostics.
-pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
+/// Reads the nodes of `source` into serde type `T`, turning shape errors into diagnostics.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
     source: &SourceFile,
+    node: &marked_yaml::Node,
 ) -> Result<T, Diagnostic> {
-    let options = LoaderOptions::default().error_on_duplicate_keys(true);
-    let node = marked_yaml::parse_yaml_with_options(0, &source.text, options).map_err(|error| {
-        use marked_yaml::LoadError;
-        let (marker, message, hint) = match &error {
-            LoadError::DuplicateKey(inner) => (
-                Some(inner.key.span().start().copied()),
-                format!("`{}` is defined twice", inner.key.as_str()),
-                Some("remove one of the two entries"),
-            ),
-            LoadError::TopLevelMustBeMapping(m) => (
-                Some(Some(*m)),
-                "the file must be a mapping (`key: value` lines) at the top level".into(),
-                None,
-            ),
-            LoadError::UnexpectedAnchor(m) => (
-                Some(Some(*m)),
-                "YAML anchors and aliases are not supported".into(),
-                Some("write the value out in full"),
-            ),
-            LoadError::UnexpectedTag(m) => {
-                (Some(Some(*m)), "YAML tags are not supported".into(), None)
-            }
-            LoadError::MappingKeyMustBeScalar(m) => (
-                Some(Some(*m)),
-                "mapping keys must be plain strings".into(),
-                None,
-            ),
-            LoadError::ScanError(m, scan) => (
-                Some(Some(*m)),
-                format!("invalid YAML: {}", scan.info()),
-                Some("check the indentation and quoting on this line"),
-            ),
-            LoadError::TopLevelMustBeSequence(m) => (
-                Some(Some(*m)),
-                "the file must be a list at the top level".into(),
-                None,
-            ),
-        };
-        let location = marker.flatten().map(|m| {
-            let offset = source.offset(m.line(), m.column());
-            Location {
-                file: source.clone(),
-                range: source.token_at(offset),
-            }
-        });
-        let mut diagnostic = Diagnostic::new(message).at(location);
-        if let Some(hint) = hint {
-            diagnostic = diagnostic.hint(hint);
-        }
-        diagnostic
-    })?;
-    marked_yaml::from_node(&node).map_err(|error| {
+    marked_yaml::from_node(node).map_err(|error| {
         let unknown_field = match &*error {
             marked_yaml::Error::UnknownFieldError(field, _, _) => Some(field.as_str()),
             _ => None,
@@ -137,7 +107,7 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
         // enclosing mapping.
         let marker = error
             .path()
-            .and_then(|path| marker_at_path(&node, path, unknown_field, error.start_mark()))
+            .and_then(|path| marker_at_path(node, path, unknown_field, error.start_mark()))
             .or_else(|| error.start_mark());
         let location = marker.map(|m| {
             let offset = source.offset(m.line(), m.column());
@@ -152,6 +122,12 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
                 Some(match closest(field, expected) {
                     Some(near) => format!(
                         "did you mean `{near}`? expected one of: {}",
+                        expected.join(", ")
+                    ),
+                    // At the top level of `kiln.yaml`, a block kept for anchors (`.defaults:`,
+                    // as GitLab writes them) needs the `x-` prefix.
+                    None if expected.contains(&"models") => format!(
+                        "expected one of: {}; a block kept for YAML anchors goes under a key that starts with `{EXTENSION_PREFIX}`",
                         expected.join(", ")
                     ),
                     None => format!("expected one of: {}", expected.join(", ")),
@@ -172,6 +148,15 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
             None => diagnostic,
         }
     })
+}
+
+/// Loads a project file's YAML (duplicate keys are errors), as located diagnostics.
+pub(crate) fn parse_node(source: &SourceFile) -> Result<marked_yaml::Node, Diagnostic> {
+    let options = yaml::Options {
+        duplicate_keys_are_errors: true,
+        quoted_is_text: false,
+    };
+    yaml::load(&source.text, options).map_err(|error| error.diagnostic(source))
 }
 
 /// Where the value at a serde path (`models.?.stages.?.deps`) starts. `?` stands for a mapping
@@ -256,30 +241,20 @@ fn describe_shape_error(message: &str) -> String {
 fn closest<'a>(word: &str, expected: &[&'a str]) -> Option<&'a str> {
     expected
         .iter()
-        .map(|candidate| (edit_distance(word, candidate), *candidate))
+        .map(|candidate| (strsim::damerau_levenshtein(word, candidate), *candidate))
         .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(1))
         .min()
         .map(|(_, candidate)| candidate)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous + usize::from(ca != *cb);
-            previous = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
-        }
-    }
-    row[b.len()]
-}
-
 /// Reads and validates the text of a `kiln.yaml`.
 pub fn parse_kiln(root: &Path, source: SourceFile) -> Result<Project, Vec<Diagnostic>> {
-    let file: KilnFile = parse_yaml(&source).map_err(|d| vec![d])?;
+    let mut node = parse_node(&source).map_err(|d| vec![d])?;
+    // Top-level `x-` keys hold what anchors share (as in Docker Compose); Kiln ignores them.
+    if let Some(top) = node.as_mapping_mut() {
+        top.retain_with_order(|key, _| !key.starts_with(EXTENSION_PREFIX));
+    }
+    let file: KilnFile = deserialize(&source, &node).map_err(|d| vec![d])?;
     let mut diagnostics = Vec::new();
     let mut models = Vec::new();
     if file.models.is_empty() {
@@ -303,12 +278,40 @@ pub fn parse_kiln(root: &Path, source: SourceFile) -> Result<Project, Vec<Diagno
         format: ProjectFormat::Kiln,
         models,
     };
+    diagnostics.extend(check_examples(&project, &file, &source));
     diagnostics.extend(check_graph(&project));
     if diagnostics.is_empty() {
         Ok(project)
     } else {
         Err(diagnostics)
     }
+}
+
+/// A model's example inputs exist, or some stage writes them (as for deps).
+fn check_examples(project: &Project, file: &KilnFile, source: &SourceFile) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    for (name, spec) in &file.models {
+        let (Some(model), Some(written)) = (project.model(name), &spec.example) else {
+            continue;
+        };
+        let Some(example) = &model.example else {
+            continue;
+        };
+        let produced = project
+            .stages()
+            .any(|stage| stage.outs.iter().any(|out| example.is_within(out)));
+        if !produced && !example.to_path(&project.root).is_file() {
+            diagnostics.push(
+                Diagnostic::new(format!(
+                    "example `{example}` of model `{}` does not exist and no stage writes it",
+                    model.name
+                ))
+                .at(locate(source, written.span()))
+                .hint("the path is relative to the model's `dir`: create the file, or add it to the `outs` of the stage that writes it"),
+            );
+        }
+    }
+    diagnostics
 }
 
 struct ModelReader<'a> {
@@ -407,9 +410,15 @@ impl ModelReader<'_> {
                 RelPath::resolve(&dir, "params.yaml").filter(|p| p.to_path(self.root).is_file())
             }
         };
-        let params = params_file
-            .as_ref()
-            .and_then(|path| values::read_flat(&path.to_path(self.root)).ok());
+        let params = params_file.as_ref().and_then(|path| {
+            let full = path.to_path(self.root);
+            // A missing file was reported above.
+            let bytes = std::fs::read(&full).ok()?;
+            let read = SourceFile::from_bytes(path.as_str(), bytes)
+                .and_then(|source| values::parse_source(&source));
+            read.map_err(|diagnostic| self.diagnostics.push(diagnostic))
+                .ok()
+        });
 
         let mut stages = Vec::new();
         for (stage_name, stage_spec) in &spec.stages {
@@ -441,6 +450,24 @@ impl ModelReader<'_> {
                     artifact.span(),
                     Some("add it to the `outs` of the stage that writes it"),
                 );
+            }
+            Some(path)
+        });
+        let example = spec.example.as_ref().and_then(|example| {
+            let path = self.path(&dir, example)?;
+            let extension = Path::new(path.as_str())
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            if !matches!(extension.as_deref(), Some("csv" | "json")) {
+                self.error(
+                    format!("example `{path}` is neither a CSV nor a JSON file"),
+                    example.span(),
+                    Some(
+                        "name a `.csv` file with a header row, or a `.json` file of input records",
+                    ),
+                );
+                return None;
             }
             Some(path)
         });
@@ -487,6 +514,7 @@ impl ModelReader<'_> {
             params_file,
             stages,
             artifact,
+            example,
             gates,
         })
     }
@@ -850,4 +878,118 @@ fn find_cycle(project: &Project) -> Option<Vec<StageId>> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, contents) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        }
+        dir
+    }
+
+    fn messages(error: Error) -> Vec<String> {
+        match error {
+            Error::Invalid { diagnostics, .. } => {
+                diagnostics.iter().map(ToString::to_string).collect()
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn the_example_is_relative_to_the_model_dir() {
+        let dir = project(&[
+            (
+                KILN_FILE,
+                b"models:\n  m:\n    dir: models/m\n    stages:\n      a: {cmd: echo, outs: [out]}\n    example: out/rows.json\n",
+            ),
+            ("models/m/.keep", b""),
+        ]);
+        let project = load(dir.path()).unwrap();
+        let example = project.models[0].example.as_ref().unwrap();
+        assert_eq!(example.as_str(), "models/m/out/rows.json");
+    }
+
+    #[test]
+    fn did_you_mean_catches_swapped_letters() {
+        let dir = project(&[(
+            KILN_FILE,
+            b"models:\n  m:\n    stages:\n      a: {cmd: echo, mertics: [m.json]}\n",
+        )]);
+        let error = load(dir.path()).unwrap_err();
+        let Error::Invalid { diagnostics, .. } = &error else {
+            panic!("{error}")
+        };
+        assert!(
+            diagnostics[0]
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("did you mean `metrics`?")),
+            "{:?}",
+            diagnostics[0].hint
+        );
+        assert_eq!(closest("metrcs", &["metrics", "deps"]), Some("metrics"));
+        assert_eq!(closest("zzz", &["metrics", "deps"]), None);
+    }
+
+    #[test]
+    fn a_params_file_that_is_not_utf8_is_located() {
+        let dir = project(&[
+            (
+                KILN_FILE,
+                b"models:\n  m:\n    stages:\n      a: {cmd: echo, params: [train]}\n",
+            ),
+            ("params.yaml", b"train:\n  C: 1\n  note: \xe9t\xe9\n"),
+        ]);
+        assert_eq!(
+            messages(load(dir.path()).unwrap_err()),
+            ["params.yaml:3:9: `params.yaml` is not UTF-8: byte `0xe9` at line 3, column 9"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_top_level_key_suggests_the_extension_prefix() {
+        let dir = project(&[(
+            KILN_FILE,
+            b".defaults: &d {cmd: echo}\nmodels:\n  m:\n    stages:\n      a: *d\n",
+        )]);
+        let error = load(dir.path()).unwrap_err();
+        let Error::Invalid { diagnostics, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(
+            diagnostics[0].to_string(),
+            "kiln.yaml:1:1: unknown key `.defaults`"
+        );
+        assert!(
+            diagnostics[0]
+                .hint
+                .as_deref()
+                .unwrap()
+                .ends_with("starts with `x-`"),
+            "{:?}",
+            diagnostics[0].hint
+        );
+        let dir = project(&[(
+            KILN_FILE,
+            b"x-defaults: &d {cmd: echo}\nmodels:\n  m:\n    stages:\n      a: *d\n",
+        )]);
+        assert_eq!(load(dir.path()).unwrap().stages().count(), 1);
+    }
+
+    #[test]
+    fn errors_give_their_hint() {
+        let dir = project(&[]);
+        let error = load(dir.path()).unwrap_err();
+        assert!(error.hint().unwrap().contains("kiln init"));
+        let dir = project(&[(KILN_FILE, b"models: {}\n")]);
+        assert_eq!(load(dir.path()).unwrap_err().hint(), None);
+    }
 }

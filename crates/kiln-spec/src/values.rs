@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use marked_yaml::Node;
 
+use crate::diagnostic::{Diagnostic, Location, SourceFile};
+use crate::yaml;
+
 /// A leaf value of a params or metrics file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scalar {
@@ -90,24 +93,54 @@ pub enum ValuesError {
 
 /// Reads and flattens a YAML or JSON file whose top level is a mapping. An empty file is empty.
 pub fn read_flat(path: &Path) -> Result<FlatValues, ValuesError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ValuesError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ValuesError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_flat(&text).map_err(|message| ValuesError::Parse {
-        path: path.to_path_buf(),
-        message,
+    let parse_error = |diagnostic: Diagnostic| {
+        let message = match diagnostic.location.as_ref().map(Location::line_column) {
+            Some((line, column)) => format!("line {line}, column {column}: {}", diagnostic.message),
+            None => diagnostic.message,
+        };
+        ValuesError::Parse {
+            path: path.to_path_buf(),
+            message,
+        }
+    };
+    let source = SourceFile::from_bytes(path, bytes).map_err(|diagnostic| {
+        let (line, column) = diagnostic
+            .location
+            .as_ref()
+            .map_or((0, 0), Location::line_column);
+        ValuesError::Parse {
+            path: path.to_path_buf(),
+            message: format!("it is not UTF-8 (first bad byte at line {line}, column {column})"),
+        }
+    })?;
+    parse_source(&source).map_err(parse_error)
+}
+
+/// Flattens YAML or JSON text (see [`read_flat`]); the error says where the text is wrong.
+pub fn parse_flat(text: &str) -> Result<FlatValues, String> {
+    parse_source(&SourceFile::new("", text)).map_err(|diagnostic| {
+        match diagnostic.location.as_ref().map(Location::line_column) {
+            Some((line, column)) => format!("line {line}, column {column}: {}", diagnostic.message),
+            None => diagnostic.message,
+        }
     })
 }
 
-/// Flattens YAML or JSON text (see [`read_flat`]).
-pub fn parse_flat(text: &str) -> Result<FlatValues, String> {
+/// Flattens a params or metrics file, its mistakes as diagnostics located in it.
+pub fn parse_source(source: &SourceFile) -> Result<FlatValues, Diagnostic> {
     let mut values = FlatValues::new();
-    if text.trim().is_empty() {
+    if source.text.trim().is_empty() {
         return Ok(values);
     }
-    let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);
-    let node = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| e.to_string())?;
+    let options = yaml::Options {
+        duplicate_keys_are_errors: false,
+        quoted_is_text: true,
+    };
+    let node = yaml::load(&source.text, options).map_err(|error| error.diagnostic(source))?;
     flatten(&node, String::new(), &mut values);
     Ok(values)
 }

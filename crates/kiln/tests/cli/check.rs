@@ -150,3 +150,75 @@ fn a_bad_gate_in_a_block_scalar_is_underlined_whole() {
     );
     assert!(!text.contains("panicked"), "{text}");
 }
+
+#[test]
+fn anchors_aliases_and_merge_keys_are_accepted() {
+    // Top-level `x-` keys are where shared blocks live; Kiln ignores them.
+    let project = TestProject::new(
+        "x-stage: &stage\n  cmd: echo hi > out.txt\n  outs: [out.txt]\nmodels:\n  m:\n    stages:\n      a:\n        <<: *stage\n      b:\n        <<: *stage\n        cmd: cat out.txt > b.txt\n        deps: [out.txt]\n        outs: [b.txt]\n",
+    );
+    let output = project.kiln(&["check"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    insta::assert_snapshot!(stderr(&output), @"`kiln.yaml` is valid: 1 model, 2 stages");
+    let run = project.kiln(&["run"]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    assert_eq!(project.read("b.txt"), "hi\n");
+
+    // A mistake inside a merged block is reported where the block is written.
+    let project = TestProject::new(
+        "x-stage: &stage\n  cmd: echo\n  depz: [x]\nmodels:\n  m:\n    stages:\n      a:\n        <<: *stage\n",
+    );
+    insta::assert_snapshot!("a_mistake_in_a_merged_block", check_fails(&project));
+}
+
+#[test]
+fn an_alias_bomb_is_refused() {
+    let mut text = String::from(
+        "models:\n  m:\n    stages:\n      a:\n        cmd: echo\n        deps: &a0 [x, x, x, x, x, x, x, x, x]\n",
+    );
+    for level in 1..10 {
+        let items = vec![format!("*a{}", level - 1); 9].join(", ");
+        text.push_str(&format!("        outs{level}: &a{level} [{items}]\n"));
+    }
+    let project = TestProject::new(&text);
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn a_malformed_params_file_is_located() {
+    let project = TestProject::new(
+        "models:\n  m:\n    dir: models/m\n    stages:\n      train: {cmd: echo, params: [train]}\n",
+    );
+    project.write("models/m/params.yaml", "train:\n  C: 1\n  solver: [lbfgs\n");
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn a_tab_used_as_indentation_is_reported_on_its_line() {
+    let project =
+        TestProject::new("models:\n  m:\n    stages:\n      a:\n        cmd: echo\n\tdeps: [x]\n");
+    insta::assert_snapshot!(check_fails(&project));
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_named_with_its_line() {
+    let project = TestProject::new("");
+    std::fs::write(
+        project.path("kiln.yaml"),
+        b"models:\n  m:\n    stages:\n      a: {cmd: echo caf\xe9}\n",
+    )
+    .unwrap();
+    insta::assert_snapshot!(check_fails(&project));
+    let project = TestProject::new("models:\n  m:\n    stages:\n      a: {cmd: echo}\n");
+    std::fs::write(project.path("params.yaml"), b"train:\n  name: \xff\n").unwrap();
+    insta::assert_snapshot!("a_params_file_that_is_not_utf8", check_fails(&project));
+}
+
+#[test]
+fn an_example_that_is_missing_or_not_csv_or_json() {
+    let project = TestProject::new(
+        "models:\n  m:\n    dir: models/m\n    stages:\n      a: {cmd: echo, outs: [data]}\n    example: examples/rows.csv\n  n:\n    stages:\n      b: {cmd: echo}\n    example: rows.txt\n",
+    );
+    std::fs::create_dir_all(project.path("models/m")).unwrap();
+    insta::assert_snapshot!(check_fails(&project));
+}

@@ -4,6 +4,7 @@ mod check;
 mod common;
 mod example;
 mod formats;
+mod init;
 mod run;
 mod runs;
 mod serve;
