@@ -197,6 +197,20 @@ impl Tensor {
             .collect()
     }
 
+    /// Column `j` of a 2-D tensor, as a 1-D tensor of its rows.
+    pub fn column(&self, j: usize) -> Tensor {
+        let (rows, width) = (self.rows(), self.row_len().max(1));
+        let mut data = TensorData::empty(self.dtype(), rows);
+        for row in 0..rows {
+            let at = row * width + j;
+            data.extend_from(&self.data, at, at + 1);
+        }
+        Tensor {
+            shape: vec![rows],
+            data,
+        }
+    }
+
     /// The flat data as a JSON array.
     pub fn flat_json(&self) -> Value {
         Value::Array((0..self.data.len()).map(|i| self.data.json_at(i)).collect())
@@ -484,8 +498,12 @@ pub fn check_inputs(
             )
             .with_field(format!("{field_prefix}{}", spec.name)));
         };
-        let (name, tensor) = named.swap_remove(pos);
+        let (name, mut tensor) = named.swap_remove(pos);
         let field = format!("{field_prefix}{name}");
+        // A column sent as `[N, 1]` (as v2 clients of dataframe models do) for a 1-D input.
+        if spec.shape.len() == 1 && tensor.shape.len() == 2 && tensor.shape[1] == 1 {
+            tensor.shape.truncate(1);
+        }
         if tensor.dtype() != spec.dtype {
             return Err(ApiError::new(
                 ErrorCode::InvalidDatatype,
