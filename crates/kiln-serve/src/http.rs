@@ -548,10 +548,9 @@ async fn run_infer(
                 logged.inputs = Some(body);
             }
             let outputs = model.infer(inputs).await.map_err(infer_error)?;
-            let encoded = mlflow::encode(&outputs, signature);
-            let bytes = serde_json::to_vec(&encoded).unwrap_or_default();
+            let bytes = mlflow::encode(&outputs, signature);
             if sampled {
-                logged.outputs = Some(encoded);
+                logged.outputs = serde_json::from_slice(&bytes).ok();
             }
             Ok(json_response(StatusCode::OK, bytes))
         }

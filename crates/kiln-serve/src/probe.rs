@@ -89,9 +89,9 @@ async fn probe_async(
             traceback,
         }
     })?;
-    let response = mlflow::encode(&outputs, signature);
+    let response = serde_json::from_slice(&mlflow::encode(&outputs, signature)).ok();
     repository.unload_all();
-    Ok((rows, Some(response)))
+    Ok((rows, response))
 }
 
 /// The column names a model's signature knows, when it names them.
