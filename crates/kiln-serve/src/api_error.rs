@@ -1,10 +1,13 @@
 //! The one JSON error shape of the HTTP API, with stable machine-readable codes.
 //!
 //! Every error response, whatever the protocol, is `{"error": "<message>", "code": "<code>"}`, plus `"field"`
-//! when one part of the request is at fault. `error` is a string so that Open Inference Protocol clients
-//! (which read `error` as the message) understand it; `code` is stable and safe to match on.
+//! when one part of the request is at fault and `"request_id"` on inference requests (the same id as the
+//! `x-request-id` header, and the one the server log names). `error` is a string so that Open Inference
+//! Protocol clients (which read `error` as the message) understand it; `code` is stable and safe to match on.
+//! Server-side details (a model's traceback, with its file paths) stay in [`ApiError::detail`], which is
+//! logged and never sent.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// Stable error codes. Renaming one is a breaking change of the HTTP API.
@@ -21,12 +24,16 @@ pub enum ErrorCode {
     InvalidValue,
     NanNotAllowed,
     UnknownOutput,
+    InvalidPath,
+    MethodNotAllowed,
     ModelNotFound,
     ModelVersionNotFound,
     ModelNotReady,
     ModelLoadFailed,
     WorkerCrashed,
+    ModelError,
     InferenceFailed,
+    Overloaded,
     ShuttingDown,
     NotFound,
 }
@@ -45,12 +52,16 @@ impl ErrorCode {
             ErrorCode::InvalidValue => "invalid_value",
             ErrorCode::NanNotAllowed => "nan_not_allowed",
             ErrorCode::UnknownOutput => "unknown_output",
+            ErrorCode::InvalidPath => "invalid_path",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::ModelNotFound => "model_not_found",
             ErrorCode::ModelVersionNotFound => "model_version_not_found",
             ErrorCode::ModelNotReady => "model_not_ready",
             ErrorCode::ModelLoadFailed => "model_load_failed",
             ErrorCode::WorkerCrashed => "worker_crashed",
+            ErrorCode::ModelError => "model_error",
             ErrorCode::InferenceFailed => "inference_failed",
+            ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::NotFound => "not_found",
         }
@@ -66,15 +77,19 @@ impl ErrorCode {
             | ErrorCode::InvalidDatatype
             | ErrorCode::InvalidValue
             | ErrorCode::NanNotAllowed
-            | ErrorCode::UnknownOutput => StatusCode::BAD_REQUEST,
+            | ErrorCode::UnknownOutput
+            | ErrorCode::InvalidPath => StatusCode::BAD_REQUEST,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::ModelNotFound | ErrorCode::ModelVersionNotFound | ErrorCode::NotFound => {
                 StatusCode::NOT_FOUND
             }
-            ErrorCode::ModelNotReady | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ModelNotReady | ErrorCode::ShuttingDown | ErrorCode::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorCode::WorkerCrashed => StatusCode::BAD_GATEWAY,
-            ErrorCode::ModelLoadFailed | ErrorCode::InferenceFailed => {
+            ErrorCode::ModelLoadFailed | ErrorCode::ModelError | ErrorCode::InferenceFailed => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         }
@@ -88,7 +103,14 @@ pub struct ApiError {
     pub message: String,
     /// The part of the request at fault, e.g. `inputs[0].shape` or `dataframe_split.columns`.
     pub field: Option<String>,
+    /// The id of the inference request, echoed in the body.
+    pub request_id: Option<String>,
+    /// Server-side detail for the log (a model's error and traceback); never sent to the client.
+    pub detail: Option<String>,
 }
+
+/// Seconds a client is asked to wait (`Retry-After`) when a model's queue is full.
+const RETRY_AFTER_SECONDS: u32 = 1;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -96,11 +118,18 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            request_id: None,
+            detail: None,
         }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
+        self
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
         self
     }
 
@@ -113,12 +142,21 @@ impl ApiError {
         if let Some(field) = &self.field {
             body["field"] = serde_json::Value::String(field.clone());
         }
+        if let Some(id) = &self.request_id {
+            body["request_id"] = serde_json::Value::String(id.clone());
+        }
         body
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), axum::Json(self.to_json())).into_response()
+        let mut response = (self.status(), axum::Json(self.to_json())).into_response();
+        if self.code == ErrorCode::Overloaded {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
     }
 }

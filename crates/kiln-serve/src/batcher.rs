@@ -40,7 +40,7 @@ impl Batcher {
         config: BatchConfig,
         metrics: ModelMetrics,
     ) -> Batcher {
-        let (jobs, receiver) = crossbeam_channel::unbounded();
+        let (jobs, receiver) = crossbeam_channel::bounded(config.max_queue.max(1));
         let gather = Gatherer { config, metrics };
         match &*engine {
             Engine::Onnx(onnx) => {
@@ -72,8 +72,11 @@ impl Batcher {
             enqueued: Instant::now(),
             reply,
         };
-        // Unbounded: never blocks; the number of queued requests is bounded by open connections.
-        self.jobs.send(job).map_err(|_| InferError::ShuttingDown)?;
+        // Never blocks: a full queue is answered at once (503), a closed one means the model is going away.
+        self.jobs.try_send(job).map_err(|error| match error {
+            crossbeam_channel::TrySendError::Full(_) => InferError::Overloaded,
+            crossbeam_channel::TrySendError::Disconnected(_) => InferError::ShuttingDown,
+        })?;
         response.await.unwrap_or(Err(InferError::ShuttingDown))
     }
 }
@@ -259,7 +262,7 @@ fn reply(batch: Batch, result: Result<NamedTensors, InferError>) {
                 .iter()
                 .find(|(_, t)| t.rows() != rows || t.shape.is_empty())
             {
-                let error = InferError::Failed(format!(
+                let error = InferError::BadOutput(format!(
                     "model output `{name}` has {} rows for a batch of {rows}",
                     bad.rows()
                 ));

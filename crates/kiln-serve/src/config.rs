@@ -68,6 +68,9 @@ pub struct BatchConfig {
     pub max_batch_size: usize,
     /// How long the first request of a batch may wait for others. Zero: take only what is already queued.
     pub max_batch_delay: Duration,
+    /// Most requests waiting for a model; past it a request is answered 503 with `Retry-After` at once, so
+    /// that a model slower than its traffic sheds load instead of piling up latency and memory.
+    pub max_queue: usize,
 }
 
 impl Default for BatchConfig {
@@ -75,6 +78,7 @@ impl Default for BatchConfig {
         BatchConfig {
             max_batch_size: 64,
             max_batch_delay: Duration::ZERO,
+            max_queue: 1024,
         }
     }
 }

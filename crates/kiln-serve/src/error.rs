@@ -24,7 +24,7 @@ pub enum Error {
     UnsupportedModel { path: PathBuf, reason: String },
     #[error("model path `{path}` does not exist")]
     ModelPathMissing { path: PathBuf },
-    #[error("model directory `{path}` has neither a `predict.py` nor a `model.onnx`")]
+    #[error("model directory `{path}` has neither a `predict.py`, a `model.onnx` nor an `MLmodel`")]
     UnknownModelKind { path: PathBuf },
     #[error("invalid model spec `{spec}`, expected `NAME=PATH`")]
     InvalidModelSpec { spec: String },
@@ -35,7 +35,28 @@ pub enum Error {
     #[error("model `{name}` is not known to this server")]
     UnknownModel { name: String },
     #[error("python worker for model `{model}` failed to start: {message}")]
-    PythonWorkerStart { model: String, message: String },
+    PythonWorkerStart {
+        model: String,
+        /// The model's own error (`ModuleNotFoundError: No module named 'x'`) or why the worker died.
+        message: String,
+        /// The python traceback, when the model's code raised.
+        traceback: Option<String>,
+    },
+    #[error("model `{model}` failed to predict on the example: {message}")]
+    ModelFailed {
+        model: String,
+        /// The model's own error (`ValueError: unlucky input`), or what was wrong with its output.
+        message: String,
+        /// The python traceback, when the model's code raised.
+        traceback: Option<String>,
+    },
+    #[error("the example for model `{model}` does not fit it: {message}")]
+    BadExample {
+        model: String,
+        message: String,
+        /// The part of the example at fault (`dataframe_split.columns`).
+        field: Option<String>,
+    },
     #[error("cannot start python interpreter `{python}`")]
     PythonSpawn {
         python: PathBuf,
@@ -69,11 +90,26 @@ impl Error {
                  or point `ORT_DYLIB_PATH` (or `--ort-lib`) at `libonnxruntime.so`; searched: {}",
                 searched.join(", ")
             )),
-            Error::UnknownModelKind { .. } => {
-                Some("serve a `model.onnx` file, or a directory containing `predict.py` with a `predict(inputs)` function".into())
-            }
+            Error::UnknownModelKind { .. } => Some(
+                "serve a `model.onnx` file, a directory containing `predict.py` with a `predict(inputs)` function, \
+                 or an MLflow model directory (`mlflow.sklearn.save_model` and friends write one)"
+                    .into(),
+            ),
             Error::InvalidModelSpec { .. } => Some("for example `--model iris=models/iris.onnx`".into()),
             Error::Bind { .. } => Some("pick another port with `--port`, or `--port 0` for a free one".into()),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// The python traceback behind this error, when model code raised (for a local CLI to show; never sent
+    /// to HTTP clients).
+    pub fn traceback(&self) -> Option<&str> {
+        match self {
+            Error::PythonWorkerStart { traceback, .. } | Error::ModelFailed { traceback, .. } => {
+                traceback.as_deref()
+            }
             _ => None,
         }
     }

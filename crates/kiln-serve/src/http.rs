@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -87,6 +88,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -95,6 +97,37 @@ async fn not_found() -> ApiError {
         ErrorCode::NotFound,
         "no such endpoint; see `/v2/...` (Open Inference Protocol) or `/invocations` (MLflow)",
     )
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "this endpoint does not take `{method}`; inference endpoints take `POST`, the others `GET`"
+        ),
+    )
+}
+
+/// `axum::extract::Path`, answering its rejections (a segment that is not UTF-8, a missing parameter) in
+/// the one JSON error shape instead of axum's plain text.
+struct Path<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) => Err(ApiError::new(
+                ErrorCode::InvalidPath,
+                format!(
+                    "cannot read the request path `{}`: {}",
+                    parts.uri.path(),
+                    rejection.body_text().to_lowercase()
+                ),
+            )),
+        }
+    }
 }
 
 async fn server_metadata() -> Json {
@@ -385,10 +418,12 @@ async fn infer(
     .await;
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => {
-            if error.status().is_server_error() {
-                tracing::error!(model = %model_label, request_id = %request_id, "{}", error.message);
+        Err(mut error) => {
+            if error.status().is_server_error() && error.code != ErrorCode::Overloaded {
+                let detail = error.detail.as_deref().unwrap_or(&error.message);
+                tracing::error!(model = %model_label, request_id = %request_id, code = error.code.as_str(), "{detail}");
             }
+            error.request_id = Some(request_id.clone());
             if sampled {
                 logged.outputs = Some(error.to_json());
             }
@@ -405,7 +440,7 @@ async fn infer(
     }
     if let (true, Some(log)) = (sampled, &state.request_log) {
         log.record(json!({
-            "timestamp": rfc3339_now(),
+            "timestamp": jiff::Timestamp::now().round(jiff::Unit::Millisecond).map(|t| t.to_string()).unwrap_or_default(),
             "request_id": request_id,
             "model": model_label,
             "model_version": resolved.as_ref().map(|m| m.version.clone()),
@@ -457,7 +492,7 @@ async fn run_infer(
     *resolved = Some(Arc::clone(&model));
     let in_flight = model.metrics.in_flight.clone();
     in_flight.inc();
-    let _in_flight = scopeguard(move || {
+    let _in_flight = scopeguard::guard((), move |()| {
         in_flight.dec();
     });
     check_content_type(headers, protocol)?;
@@ -513,26 +548,41 @@ async fn run_infer(
                 logged.inputs = Some(body);
             }
             let outputs = model.infer(inputs).await.map_err(infer_error)?;
-            let encoded = mlflow::encode(&outputs, signature);
-            let bytes = serde_json::to_vec(&encoded).unwrap_or_default();
+            let bytes = mlflow::encode(&outputs, signature);
             if sampled {
-                logged.outputs = Some(encoded);
+                logged.outputs = serde_json::from_slice(&bytes).ok();
             }
             Ok(json_response(StatusCode::OK, bytes))
         }
     }
 }
 
+/// What the client is told when the model fails: the stable code and a pointer to the log, never the
+/// model's error text or traceback (they carry file paths and possibly data), which go to the log.
 fn infer_error(error: InferError) -> ApiError {
+    let see_log = "the server log has the details under this request's id";
     match error {
         InferError::WorkerCrashed(message) => ApiError::new(ErrorCode::WorkerCrashed, message),
-        InferError::Failed(message) => ApiError::new(
+        InferError::Model(failure) => ApiError::new(
+            ErrorCode::ModelError,
+            format!("the model raised an error on this request; {see_log}"),
+        )
+        .with_detail(match &failure.traceback {
+            Some(traceback) => format!("{}\n{traceback}", failure.error),
+            None => failure.error,
+        }),
+        InferError::BadOutput(message) => ApiError::new(
             ErrorCode::InferenceFailed,
-            format!("the model failed on this request: {message}"),
-        ),
+            format!("the model's output cannot be used; {see_log}"),
+        )
+        .with_detail(message),
         InferError::ShuttingDown => {
             ApiError::new(ErrorCode::ShuttingDown, InferError::ShuttingDown.message())
         }
+        InferError::Overloaded => ApiError::new(
+            ErrorCode::Overloaded,
+            "the model's queue is full; retry after the `Retry-After` delay",
+        ),
     }
 }
 
@@ -598,44 +648,4 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
             )
         }
     })
-}
-
-struct ScopeGuard<F: FnOnce()>(Option<F>);
-
-impl<F: FnOnce()> Drop for ScopeGuard<F> {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-    }
-}
-
-fn scopeguard<F: FnOnce()>(f: F) -> ScopeGuard<F> {
-    ScopeGuard(Some(f))
-}
-
-/// The current UTC time as RFC 3339 with milliseconds.
-fn rfc3339_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_millis()
-    )
 }

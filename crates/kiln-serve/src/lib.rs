@@ -1,7 +1,8 @@
 //! kiln-serve: Kiln's prediction server — ONNX and `predict.py` engines, Open Inference Protocol v2 and
 //! MLflow scoring over HTTP, adaptive batching, hot swap, Prometheus metrics and a sampled request log.
 //!
-//! Entry points: [`Server::start`] (async, for tests and embedding) and [`run_blocking`] (for `kiln serve`).
+//! Entry points: [`Server::start`] (async, for tests and embedding), [`run_blocking`] (for `kiln serve`) and
+//! [`probe`] (load a model and predict once, to prove an artifact servable).
 
 pub mod api_error;
 mod batcher;
@@ -11,6 +12,7 @@ mod error;
 mod http;
 pub mod metrics;
 pub mod ortlib;
+mod probe;
 mod protocol;
 mod repository;
 mod request_log;
@@ -24,6 +26,7 @@ use std::sync::atomic::Ordering;
 pub use config::{BatchConfig, ModelConfig, RequestLogConfig, ServerConfig};
 pub use engine::onnx::FEATURE_NAMES_KEY;
 pub use error::{Error, Result};
+pub use probe::{Probe, probe};
 
 use crate::http::AppState;
 use crate::metrics::Metrics;

@@ -15,7 +15,7 @@ use arc_swap::ArcSwapOption;
 use crate::batcher::Batcher;
 use crate::config::{ModelConfig, ServerConfig};
 use crate::engine::onnx::OnnxEngine;
-use crate::engine::python::PythonEngine;
+use crate::engine::python::{PythonEngine, PythonKind};
 use crate::engine::{Engine, InferError, NamedTensors};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ModelMetrics};
@@ -40,7 +40,7 @@ impl LoadedModel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ModelKind {
     Onnx,
-    Python,
+    Python(PythonKind),
 }
 
 /// Files whose size and modification time identify one version of a model's source.
@@ -177,11 +177,12 @@ impl Repository {
                 })??;
                 Engine::Onnx(Arc::new(engine))
             }
-            ModelKind::Python => {
+            ModelKind::Python(kind) => {
                 let python = self.settings.python_executable();
                 Engine::Python(
                     PythonEngine::start(
                         &config.name,
+                        kind,
                         &path,
                         &python,
                         self.settings.python_workers,
@@ -243,6 +244,9 @@ impl Repository {
     }
 }
 
+/// The file that makes a folder an MLflow model.
+const MLMODEL_FILE: &str = "MLmodel";
+
 /// What kind of model `path` is, and the file or directory the engine loads.
 fn classify(path: &Path) -> Result<(ModelKind, PathBuf)> {
     if !path.exists() {
@@ -254,19 +258,22 @@ fn classify(path: &Path) -> Result<(ModelKind, PathBuf)> {
         if path.extension().is_some_and(|e| e == "onnx") {
             return Ok((ModelKind::Onnx, path.to_path_buf()));
         }
+        let parent = || path.parent().unwrap_or(Path::new(".")).to_path_buf();
         if path.file_name().is_some_and(|n| n == "predict.py") {
-            return Ok((
-                ModelKind::Python,
-                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            ));
+            return Ok((ModelKind::Python(PythonKind::PredictPy), parent()));
+        }
+        if path.file_name().is_some_and(|n| n == MLMODEL_FILE) {
+            return Ok((ModelKind::Python(PythonKind::Mlflow), parent()));
         }
         // Any other file is taken for ONNX (stored artifacts may have no extension); ONNX Runtime
         // rejects it with a clear error if it is not.
         return Ok((ModelKind::Onnx, path.to_path_buf()));
     } else if path.join("predict.py").is_file() {
-        return Ok((ModelKind::Python, path.to_path_buf()));
+        return Ok((ModelKind::Python(PythonKind::PredictPy), path.to_path_buf()));
     } else if path.join("model.onnx").is_file() {
         return Ok((ModelKind::Onnx, path.join("model.onnx")));
+    } else if path.join(MLMODEL_FILE).is_file() {
+        return Ok((ModelKind::Python(PythonKind::Mlflow), path.to_path_buf()));
     }
     Err(Error::UnknownModelKind {
         path: path.to_path_buf(),

@@ -112,22 +112,6 @@ impl TensorData {
             _ => unreachable!("extend_from is only called on tensors of one dtype"),
         }
     }
-
-    /// The element at `index` as JSON (non-finite floats become `null`, as JSON has no NaN).
-    pub fn json_at(&self, index: usize) -> Value {
-        match self {
-            TensorData::Bool(v) => Value::Bool(v[index]),
-            TensorData::Int32(v) => Value::from(v[index]),
-            TensorData::Int64(v) => Value::from(v[index]),
-            TensorData::Fp32(v) => float_json(f64::from(v[index])),
-            TensorData::Fp64(v) => float_json(v[index]),
-            TensorData::Bytes(v) => Value::String(v[index].clone()),
-        }
-    }
-}
-
-fn float_json(x: f64) -> Value {
-    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
 /// A tensor: a shape and flat row-major data. Axis 0 is the batch axis.
@@ -197,31 +181,151 @@ impl Tensor {
             .collect()
     }
 
-    /// The flat data as a JSON array.
-    pub fn flat_json(&self) -> Value {
-        Value::Array((0..self.data.len()).map(|i| self.data.json_at(i)).collect())
+    /// Column `j` of a 2-D tensor, as a 1-D tensor of its rows.
+    pub fn column(&self, j: usize) -> Tensor {
+        let (rows, width) = (self.rows(), self.row_len().max(1));
+        let mut data = TensorData::empty(self.dtype(), rows);
+        for row in 0..rows {
+            let at = row * width + j;
+            data.extend_from(&self.data, at, at + 1);
+        }
+        Tensor {
+            shape: vec![rows],
+            data,
+        }
     }
 
-    /// Row `row` as JSON: a scalar when rows hold one element, else a (nested) array.
-    pub fn row_json(&self, row: usize) -> Value {
-        let row_len = self.row_len();
-        if self.shape.len() <= 1 || row_len == 1 {
-            return self.data.json_at(row);
+    /// The flat data as a JSON array.
+    pub fn flat_json(&self) -> Value {
+        serde_json::to_value(self.json_elements()).unwrap_or(Value::Null)
+    }
+
+    /// The flat data, serialised as a JSON array without building `Value`s.
+    pub fn json_elements(&self) -> JsonElements<'_> {
+        JsonElements {
+            data: &self.data,
+            dims: &[],
+            offset: 0,
+            len: self.data.len(),
+            scalar: false,
         }
-        nested_json(&self.data, &self.shape[1..], row * row_len)
+    }
+
+    /// Row `row`, serialised as a scalar when rows hold one element, else as a (nested) array.
+    pub fn json_row(&self, row: usize) -> JsonElements<'_> {
+        let row_len = self.row_len();
+        let dims: &[usize] = if self.shape.len() <= 1 || row_len == 1 {
+            &[]
+        } else {
+            &self.shape[1..]
+        };
+        JsonElements {
+            data: &self.data,
+            dims,
+            offset: row * row_len,
+            len: row_len.max(1),
+            scalar: dims.is_empty(),
+        }
     }
 }
 
-fn nested_json(data: &TensorData, dims: &[usize], offset: usize) -> Value {
-    if dims.len() == 1 {
-        return Value::Array((0..dims[0]).map(|i| data.json_at(offset + i)).collect());
+/// Tensor elements written straight into a JSON serializer: one scalar, or `len` elements from `offset`
+/// as arrays nested as `dims` (a flat array when `dims` is empty). Floats are written at their
+/// own precision (an `FP32` as the shortest text that reads back as the same `f32`); non-finite ones
+/// become `null`, as JSON has no NaN.
+#[derive(Clone, Copy)]
+pub struct JsonElements<'a> {
+    data: &'a TensorData,
+    dims: &'a [usize],
+    offset: usize,
+    len: usize,
+    scalar: bool,
+}
+
+impl<'a> JsonElements<'a> {
+    /// Element `index` of the tensor, written on its own.
+    fn element<S: serde::Serializer>(
+        &self,
+        index: usize,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match self.data {
+            TensorData::Bool(v) => serializer.serialize_bool(v[index]),
+            TensorData::Int32(v) => serializer.serialize_i32(v[index]),
+            TensorData::Int64(v) => serializer.serialize_i64(v[index]),
+            TensorData::Fp32(v) if v[index].is_finite() => serializer.serialize_f32(v[index]),
+            TensorData::Fp64(v) if v[index].is_finite() => serializer.serialize_f64(v[index]),
+            TensorData::Fp32(_) | TensorData::Fp64(_) => serializer.serialize_none(),
+            TensorData::Bytes(v) => serializer.serialize_str(&v[index]),
+        }
     }
-    let stride: usize = dims[1..].iter().product();
-    Value::Array(
-        (0..dims[0])
-            .map(|i| nested_json(data, &dims[1..], offset + i * stride))
-            .collect(),
-    )
+
+    /// This 1-D row written as `{label: value}`, the i-th label naming the i-th value.
+    pub fn labelled<'l>(self, labels: &'l [String]) -> LabelledElements<'a, 'l> {
+        LabelledElements {
+            elements: self,
+            labels,
+        }
+    }
+}
+
+impl serde::Serialize for JsonElements<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self.dims {
+            [] if self.scalar => self.element(self.offset, serializer),
+            [] => {
+                let mut seq = serializer.serialize_seq(Some(self.len))?;
+                for i in self.offset..self.offset + self.len {
+                    seq.serialize_element(&Element(self, i))?;
+                }
+                seq.end()
+            }
+            [outer, inner @ ..] => {
+                let stride: usize = inner.iter().product();
+                let mut seq = serializer.serialize_seq(Some(*outer))?;
+                for i in 0..*outer {
+                    if inner.is_empty() {
+                        seq.serialize_element(&Element(self, self.offset + i))?;
+                    } else {
+                        seq.serialize_element(&JsonElements {
+                            data: self.data,
+                            dims: inner,
+                            offset: self.offset + i * stride,
+                            len: stride,
+                            scalar: false,
+                        })?;
+                    }
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+struct Element<'e, 'a>(&'e JsonElements<'a>, usize);
+
+impl serde::Serialize for Element<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.element(self.1, serializer)
+    }
+}
+
+/// A 1-D row written as `{label: value}` (class probabilities named by their classes).
+pub struct LabelledElements<'a, 'l> {
+    elements: JsonElements<'a>,
+    labels: &'l [String],
+}
+
+impl serde::Serialize for LabelledElements<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.labels.len()))?;
+        for (i, label) in self.labels.iter().enumerate() {
+            map.serialize_entry(label, &Element(&self.elements, self.elements.offset + i))?;
+        }
+        map.end()
+    }
 }
 
 /// One input or output of a model: name, element type and shape (`-1` for a dynamic dimension).
@@ -484,8 +588,12 @@ pub fn check_inputs(
             )
             .with_field(format!("{field_prefix}{}", spec.name)));
         };
-        let (name, tensor) = named.swap_remove(pos);
+        let (name, mut tensor) = named.swap_remove(pos);
         let field = format!("{field_prefix}{name}");
+        // A column sent as `[N, 1]` (as v2 clients of dataframe models do) for a 1-D input.
+        if spec.shape.len() == 1 && tensor.shape.len() == 2 && tensor.shape[1] == 1 {
+            tensor.shape.truncate(1);
+        }
         if tensor.dtype() != spec.dtype {
             return Err(ApiError::new(
                 ErrorCode::InvalidDatatype,
@@ -557,6 +665,44 @@ mod tests {
         let joined = Tensor::concat(&[&a, &b]);
         assert_eq!(joined.shape, vec![3, 2]);
         assert_eq!(joined.split_rows(&[1, 2]), vec![a, b]);
+    }
+
+    #[test]
+    fn elements_are_written_as_json_without_values() {
+        let t = Tensor {
+            shape: vec![2, 2, 2],
+            data: TensorData::Fp32(vec![0.1, f32::NAN, 2.0, 3.5, 4.0, 5.0, 6.0, 7.0]),
+        };
+        assert_eq!(
+            serde_json::to_string(&t.json_elements()).unwrap(),
+            "[0.1,null,2.0,3.5,4.0,5.0,6.0,7.0]"
+        );
+        assert_eq!(
+            serde_json::to_string(&t.json_row(1)).unwrap(),
+            "[[4.0,5.0],[6.0,7.0]]"
+        );
+        let column = Tensor {
+            shape: vec![2],
+            data: TensorData::Int64(vec![7, 8]),
+        };
+        assert_eq!(serde_json::to_string(&column.json_row(1)).unwrap(), "8");
+        let one = Tensor {
+            shape: vec![1],
+            data: TensorData::Bytes(vec!["a".into()]),
+        };
+        assert_eq!(
+            serde_json::to_string(&one.json_elements()).unwrap(),
+            "[\"a\"]"
+        );
+        let probabilities = Tensor {
+            shape: vec![1, 2],
+            data: TensorData::Fp32(vec![0.25, 0.75]),
+        };
+        let labels = ["setosa".to_string(), "virginica".to_string()];
+        assert_eq!(
+            serde_json::to_string(&probabilities.json_row(0).labelled(&labels)).unwrap(),
+            r#"{"setosa":0.25,"virginica":0.75}"#
+        );
     }
 
     #[test]

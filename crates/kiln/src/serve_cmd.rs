@@ -106,6 +106,7 @@ impl ServeArgs {
         config.batch = kiln_serve::BatchConfig {
             max_batch_size: self.max_batch_size.max(1),
             max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
+            ..kiln_serve::BatchConfig::default()
         };
         config.ort_library = self.ort_lib.clone();
         config.python = self.python.clone();

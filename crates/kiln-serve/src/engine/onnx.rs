@@ -10,7 +10,7 @@ use ort::session::Session;
 use ort::value::{DynValue, TensorElementType, ValueType};
 use serde_json::Value;
 
-use crate::engine::InferError;
+use crate::engine::{InferError, ModelFailure};
 use crate::error::{Error, Result};
 use crate::tensor::{DataType, Signature, Tensor, TensorData, TensorSpec};
 
@@ -203,31 +203,36 @@ impl OnnxEngine {
         for (spec, tensor) in specs.iter().zip(inputs) {
             values.push((
                 spec.name.clone(),
-                to_ort(tensor).map_err(|e| InferError::Failed(e.to_string()))?,
+                to_ort(tensor).map_err(|e| runtime_failure(&e))?,
             ));
         }
         let mut session = self.sessions[session % self.sessions.len()]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let outputs = session
-            .run(values)
-            .map_err(|e| InferError::Failed(e.to_string()))?;
+        let outputs = session.run(values).map_err(|e| runtime_failure(&e))?;
         let mut result = Vec::with_capacity(self.outputs.len());
         let mut labels = None;
         for (name, kind) in &self.outputs {
             let value = outputs
                 .get(name.as_str())
-                .ok_or_else(|| InferError::Failed(format!("output `{name}` missing")))?;
+                .ok_or_else(|| InferError::BadOutput(format!("output `{name}` missing")))?;
             let converted = match kind {
                 OutputKind::Tensor => from_ort(value),
                 OutputKind::ZipMapInt => zipmap::<i64>(value, &mut labels),
                 OutputKind::ZipMapString => zipmap::<String>(value, &mut labels),
             }
-            .map_err(|e| InferError::Failed(format!("output `{name}`: {e}")))?;
+            .map_err(|e| InferError::BadOutput(format!("output `{name}`: {e}")))?;
             result.push(converted);
         }
         Ok((result, labels))
     }
+}
+
+fn runtime_failure(error: &ort::Error) -> InferError {
+    InferError::Model(ModelFailure {
+        error: format!("onnx runtime: {error}"),
+        traceback: None,
+    })
 }
 
 fn parse_names(raw: &str) -> Vec<String> {

@@ -1,7 +1,9 @@
 //! MLflow's scoring protocol: `POST /invocations` with `dataframe_split`, `dataframe_records`, `instances`
 //! or `inputs`, answered with `{"predictions": ...}`.
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde_json::Value;
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::engine::NamedTensors;
@@ -244,41 +246,79 @@ fn single_tensor(
     }
 }
 
-/// `{"predictions": ...}`: one value per row for single-output models, else one record per row; class
-/// probabilities become `{label: probability}` maps when the model names its classes.
-pub fn encode(outputs: &NamedTensors, signature: &Signature) -> Value {
-    let rows = outputs.first().map_or(0, |(_, t)| t.rows());
-    if let [(_, tensor)] = outputs.as_slice() {
-        return json!({"predictions": (0..rows).map(|i| tensor.row_json(i)).collect::<Vec<_>>()});
+/// `{"predictions": ...}` as bytes, written straight from the tensors: one value per row for single-output
+/// models, else one record per row; class probabilities become `{label: probability}` maps when the model
+/// names its classes.
+pub fn encode(outputs: &NamedTensors, signature: &Signature) -> Vec<u8> {
+    let labels: Option<Vec<String>> = signature.class_labels.as_ref().map(|labels| {
+        labels
+            .iter()
+            .map(|label| {
+                label
+                    .as_str()
+                    .map_or_else(|| label.to_string(), str::to_string)
+            })
+            .collect()
+    });
+    let body = Predictions {
+        outputs,
+        probability_output: signature.probability_output.as_deref(),
+        labels: labels.as_deref(),
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+struct Predictions<'a> {
+    outputs: &'a NamedTensors,
+    probability_output: Option<&'a str>,
+    labels: Option<&'a [String]>,
+}
+
+impl Serialize for Predictions<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut body = serializer.serialize_map(Some(1))?;
+        body.serialize_entry("predictions", &Rows(self))?;
+        body.end()
     }
-    let predictions: Vec<Value> = (0..rows)
-        .map(|i| {
-            let mut record = Map::new();
-            for (name, tensor) in outputs {
-                let mut value = tensor.row_json(i);
-                if signature.probability_output.as_deref() == Some(name.as_str())
-                    && let (Some(labels), Value::Array(probabilities)) =
-                        (&signature.class_labels, &value)
-                    && labels.len() == probabilities.len()
-                {
-                    let map: Map<String, Value> = labels
-                        .iter()
-                        .zip(probabilities)
-                        .map(|(label, p)| {
-                            (
-                                label
-                                    .as_str()
-                                    .map_or_else(|| label.to_string(), str::to_string),
-                                p.clone(),
-                            )
-                        })
-                        .collect();
-                    value = Value::Object(map);
-                }
-                record.insert(name.clone(), value);
+}
+
+struct Rows<'p, 'a>(&'p Predictions<'a>);
+
+impl Serialize for Rows<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let outputs = self.0.outputs;
+        let rows = outputs.first().map_or(0, |(_, t)| t.rows());
+        let mut seq = serializer.serialize_seq(Some(rows))?;
+        for row in 0..rows {
+            if let [(_, tensor)] = outputs.as_slice() {
+                seq.serialize_element(&tensor.json_row(row))?;
+            } else {
+                seq.serialize_element(&Record(self.0, row))?;
             }
-            Value::Object(record)
-        })
-        .collect();
-    json!({ "predictions": predictions })
+        }
+        seq.end()
+    }
+}
+
+struct Record<'p, 'a>(&'p Predictions<'a>, usize);
+
+impl Serialize for Record<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Record(predictions, row) = self;
+        let mut record = serializer.serialize_map(Some(predictions.outputs.len()))?;
+        for (name, tensor) in predictions.outputs {
+            let value = tensor.json_row(*row);
+            match predictions.labels {
+                Some(labels)
+                    if predictions.probability_output == Some(name.as_str())
+                        && tensor.shape.len() == 2
+                        && tensor.row_len() == labels.len() =>
+                {
+                    record.serialize_entry(name, &value.labelled(labels))?;
+                }
+                _ => record.serialize_entry(name, &value)?,
+            }
+        }
+        record.end()
+    }
 }

@@ -140,6 +140,16 @@ pub fn table_to_inputs(
         .copied()
         .filter(|d| *d > 0)
         .map(|d| d as usize);
+    if spec.shape.len() == 1 && width != 1 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidShape,
+            format!(
+                "`{field}` has {width} columns, the model takes one (`{}`)",
+                spec.name
+            ),
+        )
+        .with_field(field));
+    }
     let order: Vec<usize> = match (&table.columns, &signature.feature_names) {
         (Some(columns), Some(features)) => {
             check_columns(columns, features, field)?;

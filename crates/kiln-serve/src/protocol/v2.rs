@@ -1,7 +1,8 @@
 //! Open Inference Protocol v2 (KServe / Triton) over REST, including the binary tensor data extension
 //! that `tritonclient` uses by default (`Inference-Header-Content-Length`).
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::engine::NamedTensors;
@@ -306,39 +307,33 @@ pub fn encode(
 ) -> (Vec<u8>, Option<usize>) {
     let mut binary = Vec::new();
     let mut encoded = Vec::new();
-    for (name, tensor) in outputs {
+    for (name, tensor) in &outputs {
         let wanted = match &request.outputs {
             None => Some(request.binary_output),
             Some(list) => list
                 .iter()
-                .find(|(n, _)| n == &name)
+                .find(|(n, _)| n == name)
                 .map(|(_, b)| *b || request.binary_output),
         };
         let Some(as_binary) = wanted else { continue };
-        let mut out = Map::new();
-        out.insert("name".into(), Value::String(name));
-        out.insert(
-            "datatype".into(),
-            Value::String(tensor.dtype().as_str().into()),
-        );
-        out.insert("shape".into(), json!(tensor.shape));
-        if as_binary {
-            let bytes = encode_binary(&tensor);
-            out.insert(
-                "parameters".into(),
-                json!({"binary_data_size": bytes.len()}),
-            );
+        let binary_data_size = as_binary.then(|| {
+            let bytes = encode_binary(tensor);
+            let size = bytes.len();
             binary.extend(bytes);
-        } else {
-            out.insert("data".into(), tensor.flat_json());
-        }
-        encoded.push(Value::Object(out));
+            size
+        });
+        encoded.push(OutputJson {
+            name,
+            tensor,
+            binary_data_size,
+        });
     }
-    let mut body =
-        json!({"model_name": model.name, "model_version": model.version, "outputs": encoded});
-    if let Some(id) = &request.id {
-        body["id"] = id.clone();
-    }
+    let body = ResponseJson {
+        model_name: &model.name,
+        model_version: &model.version,
+        id: request.id.as_ref(),
+        outputs: encoded,
+    };
     let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
     if binary.is_empty() {
         (bytes, None)
@@ -346,6 +341,38 @@ pub fn encode(
         let header = bytes.len();
         bytes.extend(binary);
         (bytes, Some(header))
+    }
+}
+
+/// An infer response, written straight from the output tensors.
+#[derive(Serialize)]
+struct ResponseJson<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+    outputs: Vec<OutputJson<'a>>,
+}
+
+struct OutputJson<'a> {
+    name: &'a str,
+    tensor: &'a Tensor,
+    /// Set when the data follows the JSON part in binary.
+    binary_data_size: Option<usize>,
+}
+
+impl Serialize for OutputJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut out = serializer.serialize_map(Some(4))?;
+        out.serialize_entry("name", self.name)?;
+        out.serialize_entry("datatype", self.tensor.dtype().as_str())?;
+        out.serialize_entry("shape", &self.tensor.shape)?;
+        match self.binary_data_size {
+            Some(size) => out.serialize_entry("parameters", &json!({"binary_data_size": size}))?,
+            None => out.serialize_entry("data", &self.tensor.json_elements())?,
+        }
+        out.end()
     }
 }
 

@@ -13,6 +13,7 @@ fn concurrent_requests_are_batched() {
     cfg.batch = kiln_serve::BatchConfig {
         max_batch_size: 8,
         max_batch_delay: Duration::from_millis(50),
+        ..kiln_serve::BatchConfig::default()
     };
     let server = std::sync::Arc::new(TestServer::start(cfg));
     let threads: Vec<_> = (0..16)

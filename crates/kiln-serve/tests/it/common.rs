@@ -51,6 +51,19 @@ pub fn fixtures() -> &'static Path {
     .path()
 }
 
+/// A directory with `mlflow_lr/` (an MLflow model saved by `mlflow.sklearn.save_model`), `py_dataframe/`
+/// and `py_records/` (predict.py models taking a DataFrame and records) and their `expected.json`.
+pub fn table_fixtures() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/make_table_models.py");
+        run_python(&[script.as_os_str(), dir.path().as_os_str()]);
+        dir
+    })
+    .path()
+}
+
 pub fn expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
         .unwrap()
@@ -94,6 +107,35 @@ def predict(inputs):
     )
     .unwrap();
     std::fs::write(model.join("offset.txt"), "0.5").unwrap();
+}
+
+/// Everything the servers of this test binary log (through `tracing`), from the first call on.
+pub fn server_log() -> String {
+    static LOG: OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&buffer);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || LogWriter(std::sync::Arc::clone(&sink)))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        buffer
+    });
+    String::from_utf8_lossy(&log.lock().unwrap()).into_owned()
+}
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A server running on its own runtime thread; stopped (and drained) on drop.

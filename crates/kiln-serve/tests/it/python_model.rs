@@ -6,6 +6,7 @@ use crate::common::{TestServer, config, fixtures};
 
 #[test]
 fn predict_py_model_serves_and_survives_a_worker_crash() {
+    crate::common::server_log();
     let server = TestServer::start(config(&[("py", fixtures().join("py_model"))]));
     let (s, b) = server.post_json("/v2/models/py/infer", &json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4]}]}));
     assert_eq!(s, 200, "{b}");
@@ -34,14 +35,57 @@ fn predict_py_model_serves_and_survives_a_worker_crash() {
         "{meta}"
     );
 
-    // The model raises: a 500 that says so; the worker lives on.
-    let (s, b) = server.post_json("/invocations", &json!({"inputs": [[13, 1]]}));
-    assert_eq!(s, 500, "{b}");
-    assert_eq!(b["code"], "inference_failed");
+    // The model raises: a 500 with a stable code and the request id, the traceback stays in the server
+    // log; the worker lives on.
+    let response = crate::common::client()
+        .post(server.url("/invocations"))
+        .json(&json!({"inputs": [[13, 1]]}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    let header_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = response.text().unwrap();
+    let b: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(b["code"], "model_error", "{b}");
+    assert_eq!(b["request_id"], header_id.as_str(), "{b}");
+    let keys: Vec<&String> = b.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["error", "code", "request_id"], "{b}");
+    for leak in [
+        "Traceback",
+        "predict.py",
+        "unlucky",
+        "ValueError",
+        "/tmp",
+        "line ",
+    ] {
+        assert!(!text.contains(leak), "`{leak}` reached the client: {text}");
+    }
+    // The server log has the model's error and traceback under the same request id.
+    let log = crate::common::server_log();
+    // (A multi-line message is followed by its fields: the traceback comes before the id.)
+    let lines: Vec<&str> = log.lines().collect();
+    let line = lines
+        .iter()
+        .position(|l| l.contains(&header_id))
+        .map(|i| lines[i.saturating_sub(30)..=i].join("\n"))
+        .unwrap_or_else(|| panic!("request `{header_id}` is not in the server log:\n{log}"));
     assert!(
-        b["error"].as_str().unwrap().contains("unlucky input"),
-        "{b}"
+        line.contains("ValueError: unlucky input") && line.contains("Traceback"),
+        "{line}"
     );
+    // A client's own request id is echoed.
+    let response = crate::common::client()
+        .post(server.url("/invocations"))
+        .header("x-request-id", "client-chosen-7")
+        .json(&json!({"inputs": [[13, 1]]}))
+        .send()
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "client-chosen-7");
+    let b: serde_json::Value = response.json().unwrap();
+    assert_eq!(b["request_id"], "client-chosen-7", "{b}");
 
     // The worker dies mid-request: a 502 that says so, then the replacement serves.
     let (s, b) = server.post_json("/invocations", &json!({"inputs": [[666, 1]]}));
