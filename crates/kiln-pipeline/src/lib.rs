@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 pub use artifact::{Artifact, latest_artifact, publish};
 pub use params::Override;
 pub use run::{Event, FailureKind, Observer, Outcome, RunOptions, RunReport, run};
-pub use status::{StageStatus, status};
+pub use status::{StageStatus, StatusReport, status};
 pub use workspace::Workspace;
 
 /// A pipeline operation that failed before or outside the stages themselves (a failing stage
@@ -43,6 +43,12 @@ pub enum Error {
     Store(#[from] kiln_store::Error),
     #[error(transparent)]
     Params(kiln_spec::values::ValuesError),
+    #[error("cannot apply `--set` to `{file}`")]
+    SetParam {
+        file: String,
+        #[source]
+        source: kiln_spec::edit::EditError,
+    },
     #[error("param `{key}` is not in `{file}` of model `{model}` (known params: {known})")]
     UnknownParam {
         key: String,

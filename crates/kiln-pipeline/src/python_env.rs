@@ -455,21 +455,11 @@ fn build_once(
     Ok(true)
 }
 
-/// Writes the marker atomically (temp file + rename) and durably, so a crash leaves either no
+/// Writes the marker atomically and durably (`kiln_store::atomic`), so a crash leaves either no
 /// marker or a whole one.
 fn write_marker(root: &Path, description: &str) -> Result<(), PythonEnvError> {
     let marker = root.join(COMPLETE_MARKER);
-    let temp = root.join(format!("{COMPLETE_MARKER}.tmp"));
-    let mut file = File::create(&temp).map_err(io_error("create", &temp))?;
-    file.write_all(description.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("write", &temp))?;
-    fs::rename(&temp, &marker).map_err(io_error("rename", &temp))?;
-    // Make the rename itself durable; not every platform can open a directory, hence best effort.
-    if let Ok(dir) = File::open(root) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    kiln_store::atomic::write(&marker, description.as_bytes()).map_err(io_error("write", &marker))
 }
 
 /// True when `uv --version` runs.

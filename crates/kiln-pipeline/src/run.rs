@@ -163,11 +163,30 @@ pub struct RunReport {
 /// Progress, as it happens, for the live view.
 #[derive(Debug)]
 pub enum Event<'a> {
-    EnvironmentStarted { model: &'a str },
-    EnvironmentReady { model: &'a str, duration: Duration },
-    Planned { stages: &'a [StageId] },
-    StageStarted { id: &'a StageId },
-    StageFinished { report: &'a StageReport },
+    /// `--set` wrote a value into a params file (before any stage runs).
+    ParamWritten {
+        write: &'a crate::params::ParamWrite,
+    },
+    /// Something went wrong that does not fail the run (the stat cache could not be saved).
+    Warning {
+        message: &'a str,
+    },
+    EnvironmentStarted {
+        model: &'a str,
+    },
+    EnvironmentReady {
+        model: &'a str,
+        duration: Duration,
+    },
+    Planned {
+        stages: &'a [StageId],
+    },
+    StageStarted {
+        id: &'a StageId,
+    },
+    StageFinished {
+        report: &'a StageReport,
+    },
 }
 
 /// Receives progress events; the binary draws them.
@@ -191,6 +210,7 @@ pub fn run(
         .filter(|m| selected.iter().any(|id| id.model == m.name))
         .collect();
 
+    crate::params::write_overrides(&project.root, &models, &options.overrides, observer)?;
     let mut params = HashMap::new();
     for model in &models {
         params.insert(model.name.clone(), model_params(&project.root, model)?);
@@ -223,7 +243,8 @@ pub fn run(
         let path = dir.join("params.json");
         let text =
             serde_json::to_string_pretty(&nested_json(&params[&model.name])).unwrap_or_default();
-        fs::write(&path, text).map_err(|source| Error::io("write", &path, source))?;
+        kiln_store::atomic::write(&path, text.as_bytes())
+            .map_err(|source| Error::io("write", &path, source))?;
         params_files.insert(model.name.clone(), path);
     }
 
@@ -293,7 +314,7 @@ pub fn run(
         observer,
         &workspace.registry,
     );
-    let _ = workspace.stat_cache.save();
+    crate::hashing::save_stat_cache(&workspace.stat_cache, observer);
 
     let (commit, dirty) = git_check.join().unwrap_or((None, false));
     let cancelled = options.cancel.load(Ordering::SeqCst);

@@ -91,6 +91,8 @@ impl Observer for Progress {
     fn on_event(&self, event: Event<'_>) {
         match (self, event) {
             (Progress::Quiet, _) => {}
+            (_, Event::ParamWritten { write }) => self.line(&write.to_string()),
+            (_, Event::Warning { message }) => self.line(&format!("warning: {message}")),
             (_, Event::EnvironmentStarted { model }) => self.line(&format!(
                 "  preparing the python environment of `{model}`..."
             )),
