@@ -14,16 +14,16 @@ use rayon::prelude::*;
 
 /// What the stat cache remembers of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stat {
-    size: u64,
-    mtime_ns: i128,
+pub(crate) struct Stat {
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i128,
     /// The change time catches rewrites that restore the mtime (`cp -p`, `touch -r`).
-    ctime_ns: i128,
-    inode: u64,
+    pub(crate) ctime_ns: i128,
+    pub(crate) inode: u64,
 }
 
 impl Stat {
-    fn of(metadata: &fs::Metadata) -> Stat {
+    pub(crate) fn of(metadata: &fs::Metadata) -> Stat {
         Stat {
             size: metadata.len(),
             mtime_ns: i128::from(metadata.mtime()) * 1_000_000_000
@@ -132,6 +132,16 @@ impl StatCache {
             }
         }
         kiln_store::atomic::write(&self.path, text.as_bytes())
+    }
+
+    /// The stat of `path` (absolute, spelt as it was hashed) when this process already took it
+    /// (git's dirty check reuses it rather than stat-ing every tracked file again).
+    pub(crate) fn stat_seen(&self, path: &str) -> Option<Stat> {
+        self.lock()
+            .files
+            .get(path)
+            .filter(|cached| cached.seen)
+            .map(|cached| cached.stat)
     }
 
     /// The digests of `files` (path and metadata), reading only the files whose stat changed;

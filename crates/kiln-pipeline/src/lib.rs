@@ -9,6 +9,7 @@ pub mod artifact;
 pub mod checks;
 pub mod gates;
 pub mod git;
+mod gitignore;
 pub mod hashing;
 pub mod inputs;
 pub mod params;

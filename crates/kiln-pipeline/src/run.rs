@@ -17,7 +17,6 @@ use kiln_store::Digest;
 use crate::Error;
 pub use crate::gates::GateReport;
 use crate::gates::{evaluate_gates, read_metrics};
-use crate::git::{git_commit, git_dirty};
 use crate::inputs::StageInputs;
 use crate::params::{Override, apply_overrides, flat_json, model_params, nested_json};
 use crate::python_env::{EnvOptions, PythonEnvironment, ensure_env};
@@ -216,15 +215,8 @@ pub fn run(
         params.insert(model.name.clone(), model_params(&project.root, model)?);
     }
     let applied = apply_overrides(&models, &mut params, &options.overrides)?;
-    // git stats every tracked file: let it run while the stages do.
-    let git_check = {
-        let root = project.root.clone();
-        std::thread::spawn(move || {
-            let commit = git_commit(&root);
-            let dirty = commit.is_some() && git_dirty(&root);
-            (commit, dirty)
-        })
-    };
+    // HEAD and the index are read while the stages are checked.
+    let git_check = crate::git::start_check(&project.root);
     let mut run_ids = HashMap::new();
     for model in &models {
         let id = workspace.registry.start_run(&NewRun {
@@ -316,7 +308,7 @@ pub fn run(
     );
     crate::hashing::save_stat_cache(&workspace.stat_cache, observer);
 
-    let (commit, dirty) = git_check.join().unwrap_or((None, false));
+    let (commit, dirty) = git_check.finish(&workspace.stat_cache);
     let cancelled = options.cancel.load(Ordering::SeqCst);
     let mut failure: Option<FailureKind> = None;
     let mut note = |kind: FailureKind| failure = Some(failure.map_or(kind, |f| f.min(kind)));

@@ -271,6 +271,7 @@ fn execute(
             digest: digest.digest,
         });
     }
+    crate::gitignore::ignore_outs(context.root, &stage.outs, &mut report.warning);
     report.checks = run_checks(stage, context.root);
     if report.checks.iter().any(|c| !c.passed) {
         return Ok(Outcome::Failed(Failure::Checks));

@@ -755,3 +755,56 @@ fn status_with_set_explains_what_would_run_without_writing() {
     let typo = project.kiln(&["status", "--set", "train.c=7"]);
     assert_eq!(typo.status.code(), Some(2), "{}", stderr(&typo));
 }
+
+#[test]
+fn outs_go_into_the_gitignore_of_their_folder() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      prep: {cmd: 'mkdir -p data/processed && cp raw.csv data/processed/clean.csv', deps: [raw.csv], outs: [data/processed]}\n      train: {cmd: 'mkdir -p models && cp data/processed/clean.csv models/model.pkl && cp raw.csv kept.txt', deps: [data/processed], outs: [models/model.pkl, kept.txt]}\n",
+    );
+    project.write("raw.csv", "x\n1\n");
+    project.write("data/.gitignore", "# mine\n*.tmp");
+    project.write("kept.txt", "x\n1\n");
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .current_dir(project.root())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    git(&["init", "-q"]);
+    // `kept.txt` is tracked: the user's choice, left alone.
+    git(&["add", "kiln.yaml", "raw.csv", "data/.gitignore", "kept.txt"]);
+    git(&["commit", "-qm", "first"]);
+    run_ok(&project, &[]);
+    assert_eq!(
+        project.read("data/.gitignore"),
+        "# mine\n*.tmp\n/processed\n"
+    );
+    assert_eq!(project.read("models/.gitignore"), "/model.pkl\n");
+    assert!(!project.path(".gitignore").exists(), "kept.txt is tracked");
+    // Again, and after the outs were deleted and restored: no line twice.
+    run_ok(&project, &["--force"]);
+    std::fs::remove_dir_all(project.path("data/processed")).unwrap();
+    run_ok(&project, &[]);
+    assert_eq!(
+        project.read("data/.gitignore"),
+        "# mine\n*.tmp\n/processed\n"
+    );
+    assert_eq!(project.read("models/.gitignore"), "/model.pkl\n");
+    // git sees no untracked out.
+    let untracked = git(&["status", "--porcelain", "--untracked-files=all"]);
+    assert!(
+        !untracked.contains("processed/") && !untracked.contains("model.pkl"),
+        "{untracked}"
+    );
+}
+
+#[test]
+fn outside_git_no_gitignore_is_written() {
+    let project = chain();
+    run_ok(&project, &[]);
+    assert!(!project.path(".gitignore").exists());
+}
