@@ -22,7 +22,7 @@ pub mod workspace;
 use std::path::{Path, PathBuf};
 
 pub use artifact::{Artifact, latest_artifact, publish};
-pub use params::Override;
+pub use params::{Override, ParamWrite};
 pub use run::{Event, FailureKind, Observer, Outcome, RunOptions, RunReport, run};
 pub use status::{StageStatus, StatusReport, status};
 pub use workspace::Workspace;

@@ -19,7 +19,7 @@ pub use crate::gates::GateReport;
 use crate::gates::{evaluate_gates, read_metrics};
 use crate::inputs::StageInputs;
 use crate::params::{Override, apply_overrides, flat_json, model_params, nested_json};
-use crate::python_env::{EnvOptions, PythonEnvironment, ensure_env};
+use crate::python_env::{EnvOptions, PythonEnvironment};
 use crate::stage::{StageContext, hash_source_deps, run_stage};
 use crate::workspace::Workspace;
 
@@ -159,33 +159,22 @@ pub struct RunReport {
     pub duration: Duration,
 }
 
-/// Progress, as it happens, for the live view.
+/// Progress, as it happens, for the live view. Besides the stages: `ParamWritten` when `--set`
+/// wrote a value into a params file (before any stage runs); `Warning` for what does not fail
+/// the run (a stat cache that cannot be saved); `EnvironmentStep` for each step of building a
+/// model's environment (the first names the installer's log) and `InstallerOutput` for the
+/// latest line the installer printed.
 #[derive(Debug)]
 pub enum Event<'a> {
-    /// `--set` wrote a value into a params file (before any stage runs).
-    ParamWritten {
-        write: &'a crate::params::ParamWrite,
-    },
-    /// Something went wrong that does not fail the run (the stat cache could not be saved).
-    Warning {
-        message: &'a str,
-    },
-    EnvironmentStarted {
-        model: &'a str,
-    },
-    EnvironmentReady {
-        model: &'a str,
-        duration: Duration,
-    },
-    Planned {
-        stages: &'a [StageId],
-    },
-    StageStarted {
-        id: &'a StageId,
-    },
-    StageFinished {
-        report: &'a StageReport,
-    },
+    EnvironmentStarted { model: &'a str },
+    EnvironmentReady { model: &'a str, duration: Duration },
+    Planned { stages: &'a [StageId] },
+    StageStarted { id: &'a StageId },
+    StageFinished { report: &'a StageReport },
+    ParamWritten { write: &'a crate::ParamWrite },
+    Warning { message: &'a str },
+    EnvironmentStep { model: &'a str, step: &'a str },
+    InstallerOutput { model: &'a str, line: &'a str },
 }
 
 /// Receives progress events; the binary draws them.
@@ -505,10 +494,10 @@ fn prepare_environments(
         };
         let started = Instant::now();
         observer.on_event(Event::EnvironmentStarted { model: &model.name });
-        let environment = ensure_env(
+        let environment = crate::python_env::ensure_env_with_progress(
             &python.requirements.to_path(&project.root),
             &options,
-            &mut |_| {},
+            &mut |progress| observer.on_event(progress.event(&model.name)),
         )?;
         observer.on_event(Event::EnvironmentReady {
             model: &model.name,

@@ -808,3 +808,31 @@ fn outside_git_no_gitignore_is_written() {
     run_ok(&project, &[]);
     assert!(!project.path(".gitignore").exists());
 }
+
+#[test]
+fn a_failed_environment_build_names_its_log() {
+    let project = TestProject::new(
+        "models:\n  m:\n    python: {requirements: requirements.txt}\n    stages:\n      a: {cmd: echo x > a.txt, outs: [a.txt]}\n",
+    );
+    // A requirement naming a local folder that does not exist: the installer fails at once.
+    project.write("requirements.txt", "./no-such-package-dir\n");
+    let output = project.kiln(&["run"]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let log = text
+        .split("(installer log: `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("the build should name its log first:\n{text}"));
+    assert!(log.ends_with("kiln-install.log"), "{text}");
+    assert!(
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("no-such-package-dir")),
+        "{log}"
+    );
+    assert!(
+        text.contains("error: installing requirements for `")
+            && text.contains(&format!("the full log is `{log}`")),
+        "{text}"
+    );
+    assert!(!project.path("a.txt").exists());
+}
