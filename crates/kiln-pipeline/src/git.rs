@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 
 use rayon::prelude::*;
 
-use crate::hashing::StatCache;
+use crate::hashing::{Stat, StatCache};
 
 fn git(root: &Path, args: &[&str]) -> Option<String> {
     Command::new("git")
@@ -256,10 +256,17 @@ impl Snapshot {
         if self.ask_git {
             return Certainty::AskGit;
         }
+        // One look into the stat cache for all files, then the rest stat-ed on every core.
+        let known = stat_cache.stats_seen(
+            self.tracked
+                .iter()
+                .map(|file| (file.in_project && !file.symlink).then_some(file.path.as_str())),
+        );
         self.tracked
             .par_iter()
-            .filter(|file| !ours.iter().any(|p| p.as_os_str() == file.path.as_str()))
-            .map(|file| self.file_state(file, stat_cache))
+            .zip(known)
+            .filter(|(file, _)| !ours.iter().any(|p| p.as_os_str() == file.path.as_str()))
+            .map(|(file, known)| self.file_state(file, known))
             .reduce(
                 || Certainty::Clean,
                 // One deleted file settles it; otherwise one doubt sends it to git.
@@ -271,14 +278,11 @@ impl Snapshot {
             )
     }
 
-    fn file_state(&self, file: &Tracked, stat_cache: &StatCache) -> Certainty {
-        let known = (file.in_project && !file.symlink)
-            .then(|| stat_cache.stat_seen(&file.path))
-            .flatten();
+    fn file_state(&self, file: &Tracked, known: Option<Stat>) -> Certainty {
         let stat = match known {
             Some(stat) => stat,
             None => match std::fs::symlink_metadata(&file.path) {
-                Ok(metadata) => crate::hashing::Stat::of(&metadata),
+                Ok(metadata) => Stat::of(&metadata),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     return Certainty::Dirty;
                 }
@@ -354,11 +358,8 @@ mod tests {
         // With the stats the run took (hashing the deps), the answer is the same.
         let data = kiln_spec::RelPath::resolve(&kiln_spec::RelPath::root(), "data").unwrap();
         crate::hashing::hash_path(&root, &data, &cache).unwrap();
-        assert!(
-            cache
-                .stat_seen(&root.join("data/f3.txt").to_string_lossy())
-                .is_some()
-        );
+        let f3 = root.join("data/f3.txt").to_string_lossy().into_owned();
+        assert!(cache.stats_seen([Some(f3.as_str())].into_iter())[0].is_some());
         assert_eq!(certainty(&root, &cache), Certainty::Clean);
         let (commit, dirty) = start_check(&root).finish(&cache);
         assert_eq!(commit, Some(git_in(dir.path(), &["rev-parse", "HEAD"])));

@@ -134,14 +134,22 @@ impl StatCache {
         kiln_store::atomic::write(&self.path, text.as_bytes())
     }
 
-    /// The stat of `path` (absolute, spelt as it was hashed) when this process already took it
-    /// (git's dirty check reuses it rather than stat-ing every tracked file again).
-    pub(crate) fn stat_seen(&self, path: &str) -> Option<Stat> {
-        self.lock()
-            .files
-            .get(path)
-            .filter(|cached| cached.seen)
-            .map(|cached| cached.stat)
+    /// The stat of each path (absolute, spelt as it was hashed) that this process already took
+    /// (git's dirty check reuses them rather than stat-ing every tracked file again).
+    pub(crate) fn stats_seen<'a>(
+        &self,
+        paths: impl Iterator<Item = Option<&'a str>>,
+    ) -> Vec<Option<Stat>> {
+        let entries = self.lock();
+        paths
+            .map(|path| {
+                entries
+                    .files
+                    .get(path?)
+                    .filter(|cached| cached.seen)
+                    .map(|cached| cached.stat)
+            })
+            .collect()
     }
 
     /// The digests of `files` (path and metadata), reading only the files whose stat changed;
