@@ -14,16 +14,16 @@ use rayon::prelude::*;
 
 /// What the stat cache remembers of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stat {
-    size: u64,
-    mtime_ns: i128,
+pub(crate) struct Stat {
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i128,
     /// The change time catches rewrites that restore the mtime (`cp -p`, `touch -r`).
-    ctime_ns: i128,
-    inode: u64,
+    pub(crate) ctime_ns: i128,
+    pub(crate) inode: u64,
 }
 
 impl Stat {
-    fn of(metadata: &fs::Metadata) -> Stat {
+    pub(crate) fn of(metadata: &fs::Metadata) -> Stat {
         Stat {
             size: metadata.len(),
             mtime_ns: i128::from(metadata.mtime()) * 1_000_000_000
@@ -111,7 +111,7 @@ impl StatCache {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the cache back if anything changed (atomically: temp file and rename). Entries of
+    /// Writes the cache back if anything changed (with `kiln_store::atomic::write`). Entries of
     /// files this process did not look at are kept only if the file still exists.
     pub fn save(&self) -> io::Result<()> {
         let entries = self.lock();
@@ -131,11 +131,25 @@ impl StatCache {
                 );
             }
         }
-        let temporary = self
-            .path
-            .with_extension(format!("tmp-{}", std::process::id()));
-        fs::write(&temporary, text)?;
-        fs::rename(&temporary, &self.path)
+        kiln_store::atomic::write(&self.path, text.as_bytes())
+    }
+
+    /// The stat of each path (absolute, spelt as it was hashed) that this process already took
+    /// (git's dirty check reuses them rather than stat-ing every tracked file again).
+    pub(crate) fn stats_seen<'a>(
+        &self,
+        paths: impl Iterator<Item = Option<&'a str>>,
+    ) -> Vec<Option<Stat>> {
+        let entries = self.lock();
+        paths
+            .map(|path| {
+                entries
+                    .files
+                    .get(path?)
+                    .filter(|cached| cached.seen)
+                    .map(|cached| cached.stat)
+            })
+            .collect()
     }
 
     /// The digests of `files` (path and metadata), reading only the files whose stat changed;
@@ -179,6 +193,23 @@ impl StatCache {
         entries.changed = true;
         Ok(digests.into_iter().flatten().collect())
     }
+}
+
+/// Saves the stat cache; a failure only costs re-hashing next time, so it is a warning.
+pub(crate) fn save_stat_cache(cache: &StatCache, observer: &dyn crate::Observer) {
+    if let Err(error) = cache.save() {
+        observer.on_event(crate::Event::Warning {
+            message: &stat_cache_warning(cache, &error),
+        });
+    }
+}
+
+/// What the user is told when the stat cache cannot be saved.
+pub(crate) fn stat_cache_warning(cache: &StatCache, error: &io::Error) -> String {
+    format!(
+        "cannot save the stat cache `{}` ({error}): unchanged files will be hashed again next time",
+        cache.path.display()
+    )
 }
 
 /// The content of a dep or out.

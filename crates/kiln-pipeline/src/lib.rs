@@ -9,6 +9,7 @@ pub mod artifact;
 pub mod checks;
 pub mod gates;
 pub mod git;
+mod gitignore;
 pub mod hashing;
 pub mod inputs;
 pub mod params;
@@ -24,12 +25,12 @@ use kiln_registry::RunId;
 use kiln_spec::RelPath;
 
 pub use artifact::{Artifact, latest_artifact, publish};
-pub use params::Override;
+pub use params::{Override, ParamWrite};
 pub use run::{
     ArtifactCheck, Event, FailureKind, Observer, Outcome, RunOptions, RunReport,
     ServabilityFailure, run,
 };
-pub use status::{StageStatus, status};
+pub use status::{StageStatus, StatusReport, status};
 pub use workspace::Workspace;
 
 /// A pipeline operation that failed before or outside the stages themselves (a failing stage
@@ -50,6 +51,12 @@ pub enum Error {
     Store(#[from] kiln_store::Error),
     #[error(transparent)]
     Params(kiln_spec::values::ValuesError),
+    #[error("cannot apply `--set` to `{file}`")]
+    SetParam {
+        file: String,
+        #[source]
+        source: kiln_spec::edit::EditError,
+    },
     #[error("param `{key}` is not in `{file}` of model `{model}` (known params: {known})")]
     UnknownParam {
         key: String,

@@ -1,13 +1,20 @@
 //! Params: the model's params file, flattened to dotted keys, with `--set key=value` overrides.
+//!
+//! `kiln run --set` writes each override into the params file itself before any stage runs, as
+//! `dvc exp run --set-param` does, so that scripts reading `params.yaml` directly see it; only
+//! the value's text changes (see `kiln_spec::edit`), and the write is atomic. `kiln status
+//! --set` plans the same edits without writing them.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
-use kiln_spec::Model;
-use kiln_spec::values::{FlatValues, Scalar, read_flat};
+use kiln_spec::edit::{Format, set_value};
+use kiln_spec::values::{FlatValues, Scalar, parse_flat, read_flat};
+use kiln_spec::{Model, RelPath};
 use serde_json::{Map, Value};
 
 use crate::Error;
+use crate::run::{Event, Observer};
 
 /// One `--set key=value`.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +48,154 @@ pub fn model_params(root: &Path, model: &Model) -> Result<FlatValues, Error> {
         Some(file) => read_flat(&file.to_path(root)).map_err(Error::Params),
         None => Ok(FlatValues::new()),
     }
+}
+
+/// One value that `--set` writes into a params file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamWrite {
+    /// The params file, relative to the project root.
+    pub file: RelPath,
+    pub key: String,
+    pub previous: Scalar,
+    /// The value as the file now reads.
+    pub value: Scalar,
+}
+
+impl std::fmt::Display for ParamWrite {
+    /// `params.yaml: train.C = 0.5 (was 1.0)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} = {}", self.file, self.key, self.value)?;
+        if self.previous == self.value {
+            f.write_str(" (unchanged)")
+        } else {
+            write!(f, " (was {})", self.previous)
+        }
+    }
+}
+
+/// The params files as a set of overrides leaves them, before anything is written.
+#[derive(Debug, Default)]
+pub struct ParamsPlan {
+    /// Each edited file: its path, its new text, and whether the text changed.
+    files: BTreeMap<RelPath, (PathBuf, String, bool)>,
+    /// Each file's values after the edits.
+    values: HashMap<RelPath, FlatValues>,
+    pub writes: Vec<ParamWrite>,
+}
+
+impl ParamsPlan {
+    /// The model's params as they will read once the plan is written.
+    pub fn model_params(&self, root: &Path, model: &Model) -> Result<FlatValues, Error> {
+        match model.params_file.as_ref().and_then(|f| self.values.get(f)) {
+            Some(values) => Ok(values.clone()),
+            None => model_params(root, model),
+        }
+    }
+
+    /// Writes every changed file, each atomically.
+    pub fn write(&self) -> Result<(), Error> {
+        for (path, text, changed) in self.files.values() {
+            if *changed {
+                kiln_store::atomic::write(path, text.as_bytes())
+                    .map_err(|source| Error::io("write", path, source))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Plans `overrides` as edits of the params files of `models`: each override goes into every
+/// one of their files that has its key (as [`apply_overrides`] applies it to every model that
+/// has it). Nothing is written; an override that no file has, or that names a whole section,
+/// is an error before any file is touched.
+pub fn plan_overrides(
+    root: &Path,
+    models: &[&Model],
+    overrides: &[Override],
+) -> Result<ParamsPlan, Error> {
+    let mut plan = ParamsPlan::default();
+    if overrides.is_empty() {
+        return Ok(plan);
+    }
+    let mut texts: BTreeMap<RelPath, (PathBuf, String, String)> = BTreeMap::new();
+    for file in models.iter().filter_map(|m| m.params_file.as_ref()) {
+        if texts.contains_key(file) {
+            continue;
+        }
+        let path = file.to_path(root);
+        let text = std::fs::read_to_string(&path).map_err(|source| {
+            Error::Params(kiln_spec::values::ValuesError::Read {
+                path: path.clone(),
+                source,
+            })
+        })?;
+        texts.insert(file.clone(), (path, text.clone(), text));
+    }
+    for set in overrides {
+        let section = format!("{}.", set.key);
+        for (file, (path, _, text)) in texts.iter_mut() {
+            let values = parse_flat(text).map_err(|message| {
+                Error::Params(kiln_spec::values::ValuesError::Parse {
+                    path: path.clone(),
+                    message,
+                })
+            })?;
+            let has_key = values
+                .keys()
+                .any(|k| *k == set.key || k.starts_with(&section));
+            if !has_key {
+                continue;
+            }
+            let edit =
+                set_value(text, &set.key, &set.value, Format::of_path(path)).map_err(|source| {
+                    Error::SetParam {
+                        file: file.to_string(),
+                        source,
+                    }
+                })?;
+            *text = edit.text;
+            plan.writes.push(ParamWrite {
+                file: file.clone(),
+                key: set.key.clone(),
+                previous: edit.previous,
+                value: edit.value,
+            });
+        }
+    }
+    for (file, (path, original, text)) in texts {
+        let values = parse_flat(&text).map_err(|message| {
+            Error::Params(kiln_spec::values::ValuesError::Parse {
+                path: path.clone(),
+                message,
+            })
+        })?;
+        plan.values.insert(file.clone(), values);
+        let changed = original != text;
+        plan.files.insert(file, (path, text, changed));
+    }
+    // An override that no model has is refused here, before anything is written.
+    let mut params: HashMap<String, FlatValues> = HashMap::new();
+    for model in models {
+        params.insert(model.name.clone(), plan.model_params(root, model)?);
+    }
+    apply_overrides(models, &mut params, overrides)?;
+    Ok(plan)
+}
+
+/// Writes `overrides` into the params files of `models` (see [`plan_overrides`]) and tells the
+/// observer each value written. Called before any stage runs, under the run lock.
+pub fn write_overrides(
+    root: &Path,
+    models: &[&Model],
+    overrides: &[Override],
+    observer: &dyn Observer,
+) -> Result<(), Error> {
+    let plan = plan_overrides(root, models, overrides)?;
+    plan.write()?;
+    for write in &plan.writes {
+        observer.on_event(Event::ParamWritten { write });
+    }
+    Ok(())
 }
 
 /// Applies each override to the models whose params have its key (a model without the key is

@@ -270,6 +270,25 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Pyth
     }
 }
 
+/// What a build is doing, for a progress view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildProgress<'a> {
+    /// A step of the build, in a sentence (the first names the installer's log).
+    Step(&'a str),
+    /// The installer's latest output line (every line also goes to the log).
+    Output(&'a str),
+}
+
+impl<'a> BuildProgress<'a> {
+    /// As a pipeline event for `model`.
+    pub fn event(self, model: &'a str) -> crate::Event<'a> {
+        match self {
+            BuildProgress::Step(step) => crate::Event::EnvironmentStep { model, step },
+            BuildProgress::Output(line) => crate::Event::InstallerOutput { model, line },
+        }
+    }
+}
+
 /// Returns the environment for `requirements`, building it first when no complete one exists.
 ///
 /// Safe to call from many threads and processes at once: one builds, the others wait for it and
@@ -278,6 +297,19 @@ pub fn ensure_env(
     requirements: &Path,
     options: &EnvOptions,
     progress: &mut dyn FnMut(&str),
+) -> Result<PythonEnvironment, PythonEnvError> {
+    ensure_env_with_progress(requirements, options, &mut |event| {
+        if let BuildProgress::Step(step) = event {
+            progress(step);
+        }
+    })
+}
+
+/// [`ensure_env`], telling `progress` each step and each line the installer prints.
+pub fn ensure_env_with_progress(
+    requirements: &Path,
+    options: &EnvOptions,
+    progress: &mut dyn FnMut(BuildProgress<'_>),
 ) -> Result<PythonEnvironment, PythonEnvError> {
     let requirements_bytes =
         fs::read(requirements).map_err(|source| PythonEnvError::ReadRequirements {
@@ -407,8 +439,8 @@ fn lock_path(root: &Path) -> PathBuf {
 /// marker file.
 fn build_once(
     root: &Path,
-    progress: &mut dyn FnMut(&str),
-    build: impl FnOnce(&Path, &mut dyn FnMut(&str)) -> Result<String, PythonEnvError>,
+    progress: &mut dyn FnMut(BuildProgress<'_>),
+    build: impl FnOnce(&Path, &mut dyn FnMut(BuildProgress<'_>)) -> Result<String, PythonEnvError>,
 ) -> Result<bool, PythonEnvError> {
     let marker = root.join(COMPLETE_MARKER);
     // Fast path without the lock: the marker is written last and a marked environment is never
@@ -429,10 +461,10 @@ fn build_once(
     match lock.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            progress(&format!(
+            progress(BuildProgress::Step(&format!(
                 "waiting for another Kiln process to finish building `{}`",
                 root.display()
-            ));
+            )));
             lock.lock().map_err(io_error("lock", &lock_path))?;
         }
         Err(TryLockError::Error(source)) => return Err(io_error("lock", &lock_path)(source)),
@@ -442,10 +474,10 @@ fn build_once(
         return Ok(false);
     }
     if root.exists() {
-        progress(&format!(
+        progress(BuildProgress::Step(&format!(
             "removing the incomplete environment `{}`",
             root.display()
-        ));
+        )));
         fs::remove_dir_all(root).map_err(io_error("remove", root))?;
     }
     fs::create_dir_all(root).map_err(io_error("create", root))?;
@@ -455,21 +487,11 @@ fn build_once(
     Ok(true)
 }
 
-/// Writes the marker atomically (temp file + rename) and durably, so a crash leaves either no
+/// Writes the marker atomically and durably (`kiln_store::atomic`), so a crash leaves either no
 /// marker or a whole one.
 fn write_marker(root: &Path, description: &str) -> Result<(), PythonEnvError> {
     let marker = root.join(COMPLETE_MARKER);
-    let temp = root.join(format!("{COMPLETE_MARKER}.tmp"));
-    let mut file = File::create(&temp).map_err(io_error("create", &temp))?;
-    file.write_all(description.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("write", &temp))?;
-    fs::rename(&temp, &marker).map_err(io_error("rename", &temp))?;
-    // Make the rename itself durable; not every platform can open a directory, hence best effort.
-    if let Ok(dir) = File::open(root) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    kiln_store::atomic::write(&marker, description.as_bytes()).map_err(io_error("write", &marker))
 }
 
 /// True when `uv --version` runs.
@@ -498,7 +520,7 @@ fn build_env(
     requirements: &Path,
     interpreter: &Interpreter,
     choice: InstallerChoice,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(BuildProgress<'_>),
 ) -> Result<String, PythonEnvError> {
     let installer = match choice {
         InstallerChoice::Auto if uv_available() => Installer::Uv,
@@ -509,8 +531,11 @@ fn build_env(
     let mut log = File::create(&log_path).map_err(io_error("create", &log_path))?;
     let env_python = root.join(BIN_DIR).join(PYTHON_EXE);
     let workdir = requirements.parent().unwrap_or(Path::new("/"));
-    let step = |log: &mut File, name: &'static str, mut command: Command| {
-        run_logged(log, &log_path, &mut command, workdir).and_then(|status| {
+    let step = |log: &mut File,
+                name: &'static str,
+                mut command: Command,
+                progress: &mut dyn FnMut(BuildProgress<'_>)| {
+        run_logged(log, &log_path, &mut command, workdir, progress).and_then(|status| {
             if status.success() {
                 Ok(())
             } else {
@@ -526,11 +551,12 @@ fn build_env(
         })
     };
 
-    progress(&format!(
-        "creating a Python environment with {} in `{}`",
+    progress(BuildProgress::Step(&format!(
+        "creating a Python environment with {} in `{}` (installer log: `{}`)",
         installer.name(),
-        root.display()
-    ));
+        root.display(),
+        log_path.display()
+    )));
     let mut create = match installer {
         Installer::Uv => {
             let mut command = Command::new("uv");
@@ -546,13 +572,13 @@ fn build_env(
         }
     };
     create.arg(root);
-    step(&mut log, "creating the virtualenv", create)?;
+    step(&mut log, "creating the virtualenv", create, progress)?;
 
-    progress(&format!(
+    progress(BuildProgress::Step(&format!(
         "installing `{}` with {}",
         requirements.display(),
         installer.name()
-    ));
+    )));
     let install = match installer {
         Installer::Uv => {
             let mut command = Command::new("uv");
@@ -574,7 +600,7 @@ fn build_env(
     };
     let mut install = install;
     install.arg("-r").arg(requirements);
-    step(&mut log, "installing requirements", install)?;
+    step(&mut log, "installing requirements", install, progress)?;
 
     let installer_version = match installer {
         Installer::Uv => uv_version(),
@@ -588,12 +614,14 @@ fn build_env(
     ))
 }
 
-/// Runs `command` in `workdir` with its output appended to `log`, after a line naming it.
+/// Runs `command` in `workdir` with its output appended to `log`, after a line naming it, and
+/// tells `progress` the latest line it printed as it goes.
 fn run_logged(
     log: &mut File,
     log_path: &Path,
     command: &mut Command,
     workdir: &Path,
+    progress: &mut dyn FnMut(BuildProgress<'_>),
 ) -> Result<ExitStatus, PythonEnvError> {
     let program = command.get_program().to_string_lossy().into_owned();
     let line = std::iter::once(command.get_program())
@@ -602,18 +630,83 @@ fn run_logged(
         .collect::<Vec<_>>()
         .join(" ");
     writeln!(log, "$ {line}").map_err(io_error("write", log_path))?;
-    let stdout = log.try_clone().map_err(io_error("open", log_path))?;
-    let stderr = log.try_clone().map_err(io_error("open", log_path))?;
-    command
+    let mut child = command
         .current_dir(workdir)
         // Whatever environment the user has activated must not receive the packages.
         .env_remove("VIRTUAL_ENV")
         .env_remove("PYTHONHOME")
         .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .status()
-        .map_err(|source| PythonEnvError::Spawn { program, source })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| PythonEnvError::Spawn { program, source })?;
+    // One thread per stream, so that neither pipe fills while the other is read; chunks reach
+    // the log in the order they arrive.
+    let (sender, receiver) = std::sync::mpsc::channel::<Vec<u8>>();
+    let streams: [Option<Box<dyn Read + Send>>; 2] = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ];
+    let readers: Vec<_> = streams
+        .into_iter()
+        .flatten()
+        .map(|mut stream| {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 8192];
+                while let Ok(n) = stream.read(&mut buffer) {
+                    if n == 0 || sender.send(buffer[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(sender);
+    let mut partial: Vec<u8> = Vec::new();
+    let mut write_error = None;
+    for chunk in receiver {
+        if write_error.is_none()
+            && let Err(error) = log.write_all(&chunk)
+        {
+            write_error = Some(error);
+        }
+        partial.extend_from_slice(&chunk);
+        if let Some(end) = partial.iter().rposition(|b| matches!(b, b'\n' | b'\r')) {
+            if let Some(line) = last_line(&partial[..end]) {
+                progress(BuildProgress::Output(&line));
+            }
+            partial.drain(..=end);
+        }
+    }
+    if let Some(line) = last_line(&partial) {
+        progress(BuildProgress::Output(&line));
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let status = child.wait().map_err(|source| PythonEnvError::Spawn {
+        program: command.get_program().to_string_lossy().into_owned(),
+        source,
+    })?;
+    if let Some(error) = write_error {
+        return Err(io_error("write", log_path)(error));
+    }
+    Ok(status)
+}
+
+/// The last line of `bytes` with something in it (progress bars end lines with `\r`).
+fn last_line(bytes: &[u8]) -> Option<String> {
+    bytes
+        .split(|b| matches!(b, b'\n' | b'\r'))
+        .map(|line| String::from_utf8_lossy(line).trim().to_string())
+        .rfind(|line| !line.is_empty())
 }
 
 /// The last `lines` lines of the log (read from its end, so a huge log costs nothing).
@@ -793,7 +886,11 @@ mod tests {
         let mut messages = Vec::new();
         let built = build_once(
             &root,
-            &mut |line| messages.push(line.to_string()),
+            &mut |progress| {
+                if let BuildProgress::Step(step) = progress {
+                    messages.push(step.to_string());
+                }
+            },
             |root, _| fake_build(root, &calls),
         )
         .unwrap();
@@ -808,9 +905,10 @@ mod tests {
     fn failed_build_leaves_no_marker_and_the_next_call_retries() {
         let cache = tempfile::tempdir().unwrap();
         let root = cache.path().join("envs/abc");
-        let failing = |_: &Path, _: &mut dyn FnMut(&str)| -> Result<String, PythonEnvError> {
-            Err(PythonEnvError::NoCacheDir)
-        };
+        let failing =
+            |_: &Path, _: &mut dyn FnMut(BuildProgress<'_>)| -> Result<String, PythonEnvError> {
+                Err(PythonEnvError::NoCacheDir)
+            };
         assert!(build_once(&root, &mut |_| {}, failing).is_err());
         assert!(!root.join(COMPLETE_MARKER).exists());
         let calls = AtomicUsize::new(0);
@@ -823,7 +921,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let root = cache.path().join("envs/abc");
         let calls = AtomicUsize::new(0);
-        let slow_build = |root: &Path, _: &mut dyn FnMut(&str)| {
+        let slow_build = |root: &Path, _: &mut dyn FnMut(BuildProgress<'_>)| {
             calls.fetch_add(1, Ordering::SeqCst);
             // Long enough for the other threads to find the lock taken.
             std::thread::sleep(Duration::from_millis(300));

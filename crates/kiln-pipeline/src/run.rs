@@ -23,10 +23,9 @@ use crate::Error;
 use crate::artifact::{Artifact, run_artifact};
 pub use crate::gates::GateReport;
 use crate::gates::{evaluate_gates, read_metrics};
-use crate::git::{git_commit, git_dirty};
 use crate::inputs::StageInputs;
 use crate::params::{Override, apply_overrides, flat_json, model_params, nested_json};
-use crate::python_env::{EnvOptions, PythonEnvironment, ensure_env};
+use crate::python_env::{EnvOptions, PythonEnvironment};
 use crate::stage::{StageContext, error_chain, hash_source_deps, run_stage};
 use crate::workspace::Workspace;
 
@@ -236,7 +235,11 @@ pub struct RunReport {
     pub duration: Duration,
 }
 
-/// Progress, as it happens, for the live view.
+/// Progress, as it happens, for the live view. Besides the stages: `ParamWritten` when `--set`
+/// wrote a value into a params file (before any stage runs); `Warning` for what does not fail
+/// the run (a stat cache that cannot be saved); `EnvironmentStep` for each step of building a
+/// model's environment (the first names the installer's log) and `InstallerOutput` for the
+/// latest line the installer printed.
 #[derive(Debug)]
 pub enum Event<'a> {
     EnvironmentStarted {
@@ -263,6 +266,20 @@ pub enum Event<'a> {
         model: &'a str,
         result: &'a ServableResult,
     },
+    ParamWritten {
+        write: &'a crate::ParamWrite,
+    },
+    Warning {
+        message: &'a str,
+    },
+    EnvironmentStep {
+        model: &'a str,
+        step: &'a str,
+    },
+    InstallerOutput {
+        model: &'a str,
+        line: &'a str,
+    },
 }
 
 /// Receives progress events; the binary draws them.
@@ -279,8 +296,9 @@ pub fn run(
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
     let _lock = workspace.lock_for_run()?;
-    let plan = plan(project, options)?;
-    let git_check = spawn_git_check(project);
+    let plan = plan(project, options, observer)?;
+    // HEAD and the index are read while the stages are checked.
+    let git_check = crate::git::start_check(&project.root);
     let runs = start_runs(workspace, &plan)?;
     let environments = match prepare_environments(project, &plan.models, observer) {
         Ok(environments) => environments,
@@ -311,9 +329,9 @@ pub fn run(
         observer,
         &workspace.registry,
     );
-    let _ = workspace.stat_cache.save();
+    crate::hashing::save_stat_cache(&workspace.stat_cache, observer);
 
-    let git = git_check.join().unwrap_or((None, false));
+    let git = git_check.finish(&workspace.stat_cache);
     let mut reports = Vec::new();
     for model in &plan.models {
         let ended = EndedStages::take(&mut stage_reports, &plan, model, runs.ids[&model.name]);
@@ -347,13 +365,19 @@ struct Plan<'p> {
     applied: HashMap<String, Vec<Override>>,
 }
 
-fn plan<'p>(project: &'p Project, options: &RunOptions) -> Result<Plan<'p>, Error> {
+fn plan<'p>(
+    project: &'p Project,
+    options: &RunOptions,
+    observer: &dyn Observer,
+) -> Result<Plan<'p>, Error> {
     let selected = select_stages(project, &options.models)?;
     let models: Vec<&Model> = project
         .models
         .iter()
         .filter(|m| selected.iter().any(|id| id.model == m.name))
         .collect();
+    // `--set` goes into the params files first, so the stages and the record see the same values.
+    crate::params::write_overrides(&project.root, &models, &options.overrides, observer)?;
     let mut params = HashMap::new();
     for model in &models {
         params.insert(model.name.clone(), model_params(&project.root, model)?);
@@ -400,7 +424,8 @@ fn start_runs(workspace: &mut Workspace, plan: &Plan<'_>) -> Result<StartedRuns,
         let path = dir.join("params.json");
         let text = serde_json::to_string_pretty(&nested_json(&plan.params[&model.name]))
             .expect("params serialise to JSON");
-        fs::write(&path, text).map_err(|source| Error::io("write", &path, source))?;
+        kiln_store::atomic::write(&path, text.as_bytes())
+            .map_err(|source| Error::io("write", &path, source))?;
         params_files.insert(model.name.clone(), path);
     }
     Ok(StartedRuns { ids, params_files })
@@ -485,17 +510,6 @@ impl EndedStages {
             .collect();
         EndedStages { run_id, stages }
     }
-}
-
-/// Asks git for the commit and whether tracked files changed, on a thread: git stats every
-/// tracked file, so it runs while the stages do.
-fn spawn_git_check(project: &Project) -> std::thread::JoinHandle<(Option<String>, bool)> {
-    let root = project.root.clone();
-    std::thread::spawn(move || {
-        let commit = git_commit(&root);
-        let dirty = commit.is_some() && git_dirty(&root);
-        (commit, dirty)
-    })
 }
 
 /// Decides how a model's run ended: its stages, then (when they all succeeded) its metrics and
@@ -787,10 +801,10 @@ fn prepare_environments(
         };
         let started = Instant::now();
         observer.on_event(Event::EnvironmentStarted { model: &model.name });
-        let environment = ensure_env(
+        let environment = crate::python_env::ensure_env_with_progress(
             &python.requirements.to_path(&project.root),
             &options,
-            &mut |_| {},
+            &mut |progress| observer.on_event(progress.event(&model.name)),
         )?;
         observer.on_event(Event::EnvironmentReady {
             model: &model.name,

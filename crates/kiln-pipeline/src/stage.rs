@@ -305,6 +305,7 @@ fn execute(
             executable: digest.kind == EntryKind::File && is_executable(&out.to_path(context.root)),
         });
     }
+    crate::gitignore::ignore_outs(context.root, &stage.outs, &mut report.warnings);
     report.checks = run_checks(stage, context.root);
     if report.checks.iter().any(|c| !c.passed) {
         return Ok(Outcome::Failed(Failure::Checks));

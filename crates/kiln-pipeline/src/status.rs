@@ -1,12 +1,14 @@
-//! `kiln status`: which stages would run, and why (which dep, param or command changed).
+//! `kiln status`: which stages would run, and why (which dep, param or command changed), with
+//! the params as they are or as `--set` would write them.
 
 use std::collections::{BTreeMap, HashMap};
 
 use kiln_spec::values::FlatValues;
-use kiln_spec::{Project, StageId};
+use kiln_spec::{Model, Project, StageId};
 
 use crate::Error;
-use crate::params::model_params;
+use crate::hashing::stat_cache_warning;
+use crate::params::{Override, plan_overrides};
 use crate::python_env::{EnvOptions, requirements_key};
 use crate::run::select_stages;
 use crate::stage::{CacheState, cache_state, hash_source_deps, stage_inputs_now};
@@ -26,19 +28,37 @@ pub enum StageStatus {
     NeverRun,
 }
 
-/// The status of every stage of the chosen models (all when empty), in pipeline order.
+/// What `kiln status` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReport {
+    /// Every stage of the chosen models, in pipeline order.
+    pub stages: Vec<(StageId, StageStatus)>,
+    /// Problems that did not stop the answer (the stat cache could not be saved).
+    pub warnings: Vec<String>,
+}
+
+/// The status of every stage of the chosen models (all when empty), as `kiln run` with
+/// `overrides` would find it: the overrides are planned into the params files as `--set`
+/// would write them, but nothing is written.
 pub fn status(
     workspace: &Workspace,
     project: &Project,
     models: &[String],
-) -> Result<Vec<(StageId, StageStatus)>, Error> {
+    overrides: &[Override],
+) -> Result<StatusReport, Error> {
     let selected = select_stages(project, models)?;
     let upstream = kiln_spec::upstream(project);
+    let chosen: Vec<&Model> = project
+        .models
+        .iter()
+        .filter(|m| selected.iter().any(|id| id.model == m.name))
+        .collect();
+    let planned = plan_overrides(&project.root, &chosen, overrides)?;
     let mut params: HashMap<&str, FlatValues> = HashMap::new();
     let mut python: HashMap<&str, Option<String>> = HashMap::new();
     let env_options = EnvOptions::from_env()?;
     for model in &project.models {
-        params.insert(&model.name, model_params(&project.root, model)?);
+        params.insert(&model.name, planned.model_params(&project.root, model)?);
         let key = match &model.python {
             Some(env) => Some(requirements_key(
                 &env.requirements.to_path(&project.root),
@@ -102,6 +122,12 @@ pub fn status(
         result.insert(id.clone(), status.clone());
         ordered.push((id.clone(), status));
     }
-    let _ = workspace.stat_cache.save();
-    Ok(ordered)
+    let warnings = match workspace.stat_cache.save() {
+        Ok(()) => Vec::new(),
+        Err(error) => vec![stat_cache_warning(&workspace.stat_cache, &error)],
+    };
+    Ok(StatusReport {
+        stages: ordered,
+        warnings,
+    })
 }

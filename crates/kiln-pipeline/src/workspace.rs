@@ -30,7 +30,8 @@ impl Workspace {
             .map_err(|source| Error::io("create", &state_dir, source))?;
         let ignore = state_dir.join(".gitignore");
         if !ignore.exists() {
-            let _ = std::fs::write(&ignore, "# Kiln's local state: runs, cache, logs.\n*\n");
+            kiln_store::atomic::write(&ignore, b"# Kiln's local state: runs, cache, logs.\n*\n")
+                .map_err(|source| Error::io("write", &ignore, source))?;
         }
         Ok(Workspace {
             registry: Registry::open(&state_dir.join("kiln.db"))?,

@@ -5,6 +5,7 @@
 //! validated [`Project`] or returns every [`Diagnostic`] it found.
 
 pub mod diagnostic;
+pub mod edit;
 pub mod gate;
 pub mod init;
 pub mod project;

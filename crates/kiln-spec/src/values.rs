@@ -51,11 +51,22 @@ impl Scalar {
         }
     }
 
-    /// A stable text form: the same value always encodes the same way (used in cache keys).
+    /// A stable text form: the same value always encodes the same way (used in cache keys, so
+    /// it must never change without bumping the key's version tag).
+    ///
+    /// Integers are `i:` and their decimal digits; text is `s:` and the text; booleans
+    /// `b:true`/`b:false`; null is `null`. Floats are `n:` and the shortest decimal that reads
+    /// back as the same `f64`, as the `ryu` crate writes it (`0.5`, `1.0`, `1e-7`, `1e16`), not
+    /// Rust's `Debug`, whose form is not promised; `-0.0` keeps its sign (`n:-0.0`), and the
+    /// values that have no decimal are `n:nan` (every NaN), `n:inf` and `n:-inf`.
     pub fn canonical(&self) -> String {
         match self {
             Scalar::Int(i) => format!("i:{i}"),
-            Scalar::Number(n) => format!("n:{n:?}"),
+            Scalar::Number(n) if n.is_nan() => "n:nan".to_string(),
+            Scalar::Number(n) if n.is_infinite() => {
+                if *n > 0.0 { "n:inf" } else { "n:-inf" }.to_string()
+            }
+            Scalar::Number(n) => format!("n:{}", ryu::Buffer::new().format_finite(*n)),
             Scalar::Bool(b) => format!("b:{b}"),
             Scalar::Text(t) => format!("s:{t}"),
             Scalar::Null => "null".to_string(),
@@ -210,6 +221,32 @@ mod tests {
         let keys: Vec<_> = select(&values, "train").map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["train.C", "train.max_iter"]);
         assert_eq!(select(&values, "train.C").count(), 1);
+    }
+
+    #[test]
+    fn canonical_forms_are_pinned() {
+        let cases = [
+            (Scalar::Int(-7), "i:-7"),
+            (Scalar::Number(0.5), "n:0.5"),
+            (Scalar::Number(1.0), "n:1.0"),
+            (Scalar::Number(1e-7), "n:1e-7"),
+            (Scalar::Number(1e15), "n:1000000000000000.0"),
+            (Scalar::Number(1e16), "n:1e16"),
+            (Scalar::Number(123456.789), "n:123456.789"),
+            (Scalar::Number(0.1 + 0.2), "n:0.30000000000000004"),
+            (Scalar::Number(-0.0), "n:-0.0"),
+            (Scalar::Number(0.0), "n:0.0"),
+            (Scalar::Number(f64::NAN), "n:nan"),
+            (Scalar::Number(-f64::NAN), "n:nan"),
+            (Scalar::Number(f64::INFINITY), "n:inf"),
+            (Scalar::Number(f64::NEG_INFINITY), "n:-inf"),
+            (Scalar::Bool(true), "b:true"),
+            (Scalar::Text("lbfgs".into()), "s:lbfgs"),
+            (Scalar::Null, "null"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(value.canonical(), expected, "{value:?}");
+        }
     }
 
     #[test]

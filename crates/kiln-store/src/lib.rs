@@ -3,8 +3,10 @@
 //!
 //! Invariant: nothing in the store is ever half-written. Every write goes to a temporary file in
 //! the store's `tmp/` folder and is renamed into place, so a crash (even `kill -9`) leaves either
-//! the old state or the new one.
+//! the old state or the new one; refs are flushed to disk after the objects they name. Every
+//! other file Kiln writes goes through [`atomic::write`].
 
+pub mod atomic;
 mod digest;
 mod store;
 mod tree;

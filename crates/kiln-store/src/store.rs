@@ -4,9 +4,12 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::Digest;
+use rayon::prelude::*;
+
+use crate::{Digest, atomic};
 
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +36,17 @@ fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) 
 }
 
 /// A content-addressed store rooted in one folder.
+///
+/// Durability: objects are renamed into place as soon as they are copied, but flushed to disk
+/// in batches (in parallel, since one `fsync` costs milliseconds and a folder out may hold
+/// thousands of files): every ref write first flushes the objects stored before it, so a ref
+/// (a stage-cache entry, a tree) never names an object that a power cut could lose.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
     counter: AtomicU64,
+    /// Objects renamed into place but not yet flushed to disk.
+    unsynced: Mutex<Vec<PathBuf>>,
 }
 
 impl Store {
@@ -51,6 +61,7 @@ impl Store {
         let store = Store {
             root,
             counter: AtomicU64::new(0),
+            unsynced: Mutex::new(Vec::new()),
         };
         store.remove_abandoned_temporaries();
         Ok(store)
@@ -99,7 +110,7 @@ impl Store {
     /// Copies the file at `source`, whose content has `digest`, into the store.
     pub fn put_file(&self, source: &Path, digest: &Digest) -> Result<(), Error> {
         let target = self.object_path(digest);
-        if target.is_file() {
+        if self.holds_whole(&target, source) {
             return Ok(());
         }
         let temporary = self.temporary();
@@ -120,7 +131,9 @@ impl Store {
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, Error> {
         let digest = Digest::of_bytes(bytes);
         let target = self.object_path(&digest);
-        if !target.is_file() {
+        let whole =
+            fs::metadata(&target).is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64);
+        if !whole {
             let temporary = self.temporary();
             fs::write(&temporary, bytes).map_err(io_error("write", &temporary))?;
             self.commit(&temporary, &target)?;
@@ -143,11 +156,54 @@ impl Store {
         })
     }
 
+    /// Whether `target` is an object of the same size as `source`: an object that a power cut
+    /// emptied before it was flushed is stored again rather than trusted.
+    fn holds_whole(&self, target: &Path, source: &Path) -> bool {
+        match (fs::metadata(target), fs::metadata(source)) {
+            (Ok(object), Ok(source)) => object.is_file() && object.len() == source.len(),
+            _ => false,
+        }
+    }
+
+    /// Renames an object's temporary into place; it is flushed by the next [`Store::sync`].
     fn commit(&self, temporary: &Path, target: &Path) -> Result<(), Error> {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(io_error("create", parent))?;
         }
-        fs::rename(temporary, target).map_err(io_error("move into place", target))
+        fs::rename(temporary, target).map_err(io_error("move into place", target))?;
+        self.unsynced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(target.to_path_buf());
+        Ok(())
+    }
+
+    /// Flushes to disk every object stored since the last call (their content, then their
+    /// folders' entries), all at once on every core. Refs call it before they are written.
+    pub fn sync(&self) -> Result<(), Error> {
+        let objects = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(|e| e.into_inner()));
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let result = objects
+            .par_iter()
+            .try_for_each(|object| atomic::sync_file(object).map_err(io_error("flush", object)))
+            .and_then(|()| {
+                let mut folders: Vec<&Path> = objects.iter().filter_map(|o| o.parent()).collect();
+                folders.sort();
+                folders.dedup();
+                folders
+                    .par_iter()
+                    .try_for_each(|dir| atomic::sync_dir(dir).map_err(io_error("flush", dir)))
+            });
+        if result.is_err() {
+            // Keep them for the next attempt: a ref must not be written over unflushed objects.
+            self.unsynced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(objects);
+        }
+        result
     }
 
     /// Writes the object `digest` to `destination`, atomically (a reader sees the old file or
@@ -169,6 +225,8 @@ impl Store {
         fs::create_dir_all(parent).map_err(io_error("create", parent))?;
         // The copy is made in the store's `tmp/` (cleaned after a crash), then renamed into
         // place; only when the destination is on another file system is it made beside it.
+        // Outs in the workspace are atomic but not flushed: the store holds them durably, and a
+        // lost one is restored again by the next run.
         let mut temporary = self.temporary();
         fs::copy(&object, &temporary).map_err(io_error("restore", destination))?;
         if let Err(error) = fs::rename(&temporary, destination) {
@@ -193,10 +251,14 @@ impl Store {
     }
 
     /// Writes a named record atomically.
+    /// Writes a named record atomically and durably, after flushing the objects stored before
+    /// it (see [`Store::sync`]), so that a ref never names an object a power cut could lose.
     pub fn write_ref(&self, namespace: &str, name: &str, bytes: &[u8]) -> Result<(), Error> {
+        self.sync()?;
         let temporary = self.temporary();
-        fs::write(&temporary, bytes).map_err(io_error("write", &temporary))?;
-        self.commit(&temporary, &self.ref_path(namespace, name))
+        atomic::write_new(&temporary, bytes).map_err(io_error("write", &temporary))?;
+        let target = self.ref_path(namespace, name);
+        atomic::commit(&temporary, &target).map_err(io_error("move into place", &target))
     }
 
     /// Reads a named record; `None` when there is none.
@@ -267,6 +329,23 @@ mod tests {
             store.read_ref("runs", "abc").unwrap().as_deref(),
             Some(&b"{}"[..])
         );
+    }
+
+    #[test]
+    fn an_object_emptied_by_a_power_cut_is_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let source = dir.path().join("out.csv");
+        fs::write(&source, b"a,b\n1,2\n").unwrap();
+        let digest = hash_file(&source).unwrap();
+        store.put_file(&source, &digest).unwrap();
+        // What a crash between the rename and the flush can leave: the name, without the data.
+        fs::write(store.object_path(&digest), b"").unwrap();
+        store.put_file(&source, &digest).unwrap();
+        assert_eq!(store.get_bytes(&digest).unwrap(), b"a,b\n1,2\n");
+        // Writing a ref flushes the objects before it: none is left waiting.
+        store.write_ref("stage-cache", "k", b"{}").unwrap();
+        assert!(store.unsynced.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -56,3 +56,38 @@ impl Tree {
         self.entries.iter().map(|e| e.size).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The digest of a fixed tree, pinned: a change of encoding must come with a new
+    /// `TREE_ENCODING` tag (stored trees and cache keys depend on it) and a new digest here.
+    /// The digests were computed independently of this code (the encoding fed to `b3sum`).
+    #[test]
+    fn the_tree_encoding_is_pinned() {
+        let tree = Tree::new(vec![
+            Entry {
+                path: "b/run.sh".to_string(),
+                digest: Digest::of_bytes(b"#!/bin/sh\n"),
+                size: 10,
+                executable: true,
+            },
+            Entry {
+                path: "a.csv".to_string(),
+                digest: Digest::of_bytes(b"x\n1\n"),
+                size: 4,
+                executable: false,
+            },
+        ]);
+        assert_eq!(tree.entries[0].path, "a.csv", "entries are sorted");
+        assert_eq!(
+            tree.digest().to_hex(),
+            "93ccc9bdf9278937c4114535d2bf5f6655f47e7b7c0dedbd2edbd2cfc7c7db71"
+        );
+        assert_eq!(
+            Tree::default().digest().to_hex(),
+            "dc8996985eb3271d94e504e06b502d6fa3d8839d7a0e886d038a202a136d6868"
+        );
+    }
+}

@@ -89,6 +89,7 @@ pub fn exit_code_of(error: &anyhow::Error) -> u8 {
             error.downcast_ref(),
             Some(
                 kiln_pipeline::Error::UnknownParam { .. }
+                    | kiln_pipeline::Error::SetParam { .. }
                     | kiln_pipeline::Error::UnknownModel { .. }
             )
         );
@@ -137,7 +138,9 @@ pub fn check(root: &Path) -> anyhow::Result<ExitCode> {
 pub struct RunArgs {
     /// Models to run (default: all). Stages of other models they depend on run too.
     models: Vec<String>,
-    /// Override a param for this run, e.g. `--set train.C=0.5` (repeatable).
+    /// Set a param, e.g. `--set train.C=0.5` (repeatable): written into the params file (only
+    /// that value's text changes; comments and layout stay), as `dvc exp run --set-param` does,
+    /// so scripts that read `params.yaml` see it.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Stages to run at once (default: the number of CPUs).
@@ -157,14 +160,17 @@ pub struct RunArgs {
     json: bool,
 }
 
-pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let overrides = args
-        .set
-        .iter()
+/// `--set KEY=VALUE` arguments, typed.
+fn parse_overrides(set: &[String]) -> Result<Vec<Override>, Usage> {
+    set.iter()
         .map(|text| {
             Override::parse(text).map_err(|message| Usage(format!("invalid `--set`: {message}")))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let overrides = parse_overrides(&args.set)?;
     if args.jobs == Some(0) {
         bail!(Usage("`--jobs` must be at least 1".into()));
     }
@@ -297,16 +303,24 @@ fn explain_failure(
 pub struct StatusArgs {
     /// Models to show (default: all).
     models: Vec<String>,
+    /// What would run with this param set, e.g. `--set train.C=0.5` (repeatable); nothing is
+    /// written.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Print the status as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 pub fn status(root: &Path, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let overrides = parse_overrides(&args.set)?;
     let project = load(root)?;
     let workspace = Workspace::open(&project.root)?;
-    let stages = kiln_pipeline::status(&workspace, &project, &args.models)?;
-    let described = stages.iter().map(|(id, status)| {
+    let report = kiln_pipeline::status(&workspace, &project, &args.models, &overrides)?;
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let described = report.stages.iter().map(|(id, status)| {
         let (word, reasons): (&str, &[String]) = match status {
             StageStatus::UpToDate => ("up to date", &[]),
             StageStatus::NeverRun => ("never run", &[]),

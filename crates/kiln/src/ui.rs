@@ -39,6 +39,8 @@ pub enum Progress {
     Live {
         multi: MultiProgress,
         bars: Mutex<HashMap<String, ProgressBar>>,
+        /// One line per environment being prepared: elapsed time and the installer's last line.
+        environments: Mutex<HashMap<String, ProgressBar>>,
     },
     Plain,
     Quiet,
@@ -52,6 +54,7 @@ impl Progress {
             Progress::Live {
                 multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
                 bars: Mutex::new(HashMap::new()),
+                environments: Mutex::new(HashMap::new()),
             }
         } else {
             Progress::Plain
@@ -66,6 +69,18 @@ impl Progress {
             }
             Progress::Plain => eprintln!("{text}"),
             Progress::Quiet => {}
+        }
+    }
+
+    /// The text after an environment's spinner (nothing without a terminal).
+    fn environment_status(&self, model: &str, text: &str) {
+        if let Progress::Live { environments, .. } = self
+            && let Some(bar) = environments
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(model)
+        {
+            bar.set_message(text.to_string());
         }
     }
 
@@ -91,14 +106,53 @@ impl Observer for Progress {
     fn on_event(&self, event: Event<'_>) {
         match (self, event) {
             (Progress::Quiet, _) => {}
+            (_, Event::ParamWritten { write }) => self.line(&write.to_string()),
+            (_, Event::Warning { message }) => self.line(&format!("warning: {message}")),
+            (
+                Progress::Live {
+                    multi,
+                    environments,
+                    ..
+                },
+                Event::EnvironmentStarted { model },
+            ) => {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("  {spinner} {prefix} {elapsed}  {wide_msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_prefix(format!("python environment of `{model}`"));
+                bar.set_message("checking");
+                bar.enable_steady_tick(Duration::from_millis(120));
+                environments
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(model.to_string(), bar);
+            }
             (_, Event::EnvironmentStarted { model }) => self.line(&format!(
                 "  preparing the python environment of `{model}`..."
             )),
-            (_, Event::EnvironmentReady { model, duration: d }) => self.line(&format!(
-                "  python environment of `{model}` ready ({})",
-                duration(d)
-            )),
-            (Progress::Live { multi, bars }, Event::Planned { stages }) => {
+            (_, Event::EnvironmentStep { model, step }) => {
+                self.line(&format!("  {step}"));
+                self.environment_status(model, step);
+            }
+            // Only on a terminal: without one, the installer's lines stay in its log.
+            (_, Event::InstallerOutput { model, line }) => self.environment_status(model, line),
+            (_, Event::EnvironmentReady { model, duration: d }) => {
+                if let Progress::Live { environments, .. } = self
+                    && let Some(bar) = environments
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(model)
+                {
+                    bar.finish_and_clear();
+                }
+                self.line(&format!(
+                    "  python environment of `{model}` ready ({})",
+                    duration(d)
+                ));
+            }
+            (Progress::Live { multi, bars, .. }, Event::Planned { stages }) => {
                 let mut bars = bars.lock().unwrap_or_else(|e| e.into_inner());
                 for id in stages {
                     let bar = multi.add(ProgressBar::new_spinner());

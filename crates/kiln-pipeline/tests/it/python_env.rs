@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::Command;
 
 use kiln_pipeline::python_env::{
-    COMPLETE_MARKER, EnvOptions, INSTALL_LOG, InstallerChoice, PythonEnvError, PythonEnvironment,
-    ensure_env,
+    BuildProgress, COMPLETE_MARKER, EnvOptions, INSTALL_LOG, InstallerChoice, PythonEnvError,
+    PythonEnvironment, ensure_env, ensure_env_with_progress,
 };
 
 fn options(cache_root: &Path, installer: InstallerChoice) -> EnvOptions {
@@ -107,15 +107,35 @@ fn failed_install_names_the_file_the_installer_and_the_log() {
     // A local path that does not exist fails fast and needs no network.
     std::fs::write(&requirements, "./no-such-package-dir\n").unwrap();
     let cache = work.path().join("cache");
-    let error = ensure_env(
+    let (mut steps, mut output) = (Vec::new(), Vec::new());
+    let error = ensure_env_with_progress(
         &requirements,
         &options(&cache, InstallerChoice::Auto),
-        &mut |_| {},
+        &mut |progress| match progress {
+            BuildProgress::Step(step) => steps.push(step.to_string()),
+            BuildProgress::Output(line) => output.push(line.to_string()),
+        },
     )
     .unwrap_err();
     let PythonEnvError::InstallFailed { log, tail, .. } = &error else {
         panic!("expected an install failure, got {error:?}");
     };
+    // The first step says where the installer's output goes; its lines arrive as it prints.
+    assert!(
+        steps[0].contains(&format!("(installer log: `{}`)", log.display())),
+        "{steps:?}"
+    );
+    assert!(
+        output
+            .iter()
+            .any(|line| line.contains("no-such-package-dir")),
+        "{output:?}"
+    );
+    assert!(
+        output
+            .iter()
+            .all(|line| !line.is_empty() && !line.contains('\n'))
+    );
     let message = error.to_string();
     assert!(
         message.starts_with(&format!(

@@ -558,7 +558,9 @@ fn status_agrees_with_run_about_restoring() {
     let project = chain();
     run_ok(&project, &[]);
     run_ok(&project, &["--set", "train.C=3.0"]);
-    // params.yaml still says 1.0, which already ran: train's result is restored, not rerun.
+    // Back to 1.0 (as `git checkout params.yaml` would), which already ran: train's result is
+    // restored, not rerun.
+    project.write("params.yaml", "train:\n  C: 1.0\nprepare:\n  seed: 1\n");
     let status = stdout(&project.kiln(&["status", "--json"]));
     let items: serde_json::Value = serde_json::from_str(&status).unwrap();
     let train = items
@@ -628,4 +630,223 @@ fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for an event");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The python that has PyYAML (`KILN_TEST_PYTHON`, else `python3`).
+fn test_python() -> String {
+    std::env::var("KILN_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+const PARAMS_YAML: &str = "# Tuned by hand: keep the comments.\ntrain:\n  C: 1.0        # regularisation\n  epochs: 5\n  solver: lbfgs\nlayers: [16, 8]\nseed: 7\n";
+
+/// A project whose script reads `params.yaml` itself (as most DVC projects' scripts do) and
+/// writes what it saw into its metrics.
+fn reads_params_yaml() -> TestProject {
+    let project = TestProject::new(&format!(
+        "models:\n  m:\n    stages:\n      train:\n        cmd: {} train.py\n        params: [train, layers]\n        metrics: [metrics.json]\n",
+        test_python()
+    ));
+    project.write("params.yaml", PARAMS_YAML);
+    project.write(
+        "train.py",
+        "import json, yaml\n\
+         p = yaml.safe_load(open('params.yaml'))\n\
+         t = p['train']\n\
+         seen = {'C': t['C'], 'epochs': t['epochs'], 'layer0': p['layers'][0],\n\
+                 'solver_is_saga': float(t['solver'] == 'saga'),\n\
+                 'C_is_float': float(isinstance(t['C'], float))}\n\
+         json.dump(seen, open('metrics.json', 'w'))\n",
+    );
+    project
+}
+
+/// A metric of a run record, whether metrics are listed as pairs or as an object.
+fn recorded_metric(run: &serde_json::Value, name: &str) -> Option<f64> {
+    match &run["metrics"] {
+        serde_json::Value::Object(map) => map.get(name)?.as_f64(),
+        serde_json::Value::Array(pairs) => pairs
+            .iter()
+            .find(|pair| pair[0] == name)
+            .and_then(|pair| pair[1].as_f64()),
+        _ => None,
+    }
+}
+
+#[test]
+fn set_reaches_scripts_that_read_params_yaml_and_the_record_matches() {
+    let project = reads_params_yaml();
+    let output = project.kiln(&[
+        "run",
+        "--set",
+        "train.C=0.5",
+        "--set",
+        "train.epochs=10",
+        "--set",
+        "train.solver=saga",
+        "--set",
+        "layers.0=32",
+    ]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("params.yaml: train.C = 0.5 (was 1.0)")
+            && text.contains("params.yaml: train.epochs = 10 (was 5)")
+            && text.contains("params.yaml: train.solver = saga (was lbfgs)"),
+        "{text}"
+    );
+    // Only the values changed: comments, order and layout are the user's.
+    assert_eq!(
+        project.read("params.yaml"),
+        PARAMS_YAML
+            .replace("C: 1.0 ", "C: 0.5 ")
+            .replace("epochs: 5", "epochs: 10")
+            .replace("lbfgs", "saga")
+            .replace("[16, 8]", "[32, 8]")
+    );
+    // What the script saw...
+    let seen: serde_json::Value =
+        serde_json::from_str(&project.read("metrics.json")).expect("metrics.json");
+    assert_eq!(
+        seen,
+        serde_json::json!({"C": 0.5, "epochs": 10, "layer0": 32, "solver_is_saga": 1.0, "C_is_float": 1.0})
+    );
+    // ...is what the run records.
+    let shown = stdout(&project.kiln(&["runs", "show", "1", "--json"]));
+    let run: serde_json::Value = serde_json::from_str(&shown).expect("runs show --json");
+    assert_eq!(run["params"]["train.C"], serde_json::json!(0.5), "{shown}");
+    assert_eq!(
+        run["params"]["train.epochs"],
+        serde_json::json!(10),
+        "{shown}"
+    );
+    assert_eq!(
+        run["params"]["train.solver"],
+        serde_json::json!("saga"),
+        "{shown}"
+    );
+    assert_eq!(run["params"]["layers.0"], serde_json::json!(32), "{shown}");
+    assert_eq!(recorded_metric(&run, "C"), Some(0.5), "{shown}");
+    assert_eq!(recorded_metric(&run, "epochs"), Some(10.0), "{shown}");
+    assert_eq!(
+        recorded_metric(&run, "solver_is_saga"),
+        Some(1.0),
+        "{shown}"
+    );
+
+    // The file now holds the values: a plain run is a no-op.
+    assert_eq!(run_ok(&project, &[]), ["train: cached"]);
+}
+
+#[test]
+fn set_refuses_a_section_and_writes_nothing() {
+    let project = reads_params_yaml();
+    let output = project.kiln(&["run", "--set", "train.C=2", "--set", "train=3"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains("cannot apply `--set` to `params.yaml`")
+            && text.contains("`train` is a mapping, not a single value; set one of its keys instead: `train.C`, `train.epochs`, `train.solver`"),
+        "{text}"
+    );
+    assert_eq!(project.read("params.yaml"), PARAMS_YAML);
+    assert!(!project.path("metrics.json").exists());
+}
+
+#[test]
+fn status_with_set_explains_what_would_run_without_writing() {
+    let project = chain();
+    run_ok(&project, &[]);
+    let before = project.read("params.yaml");
+    let output = project.kiln(&["status", "--set", "train.C=7"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let status = stdout(&output);
+    assert!(
+        status.contains("m/train: stale") && status.contains("param `train.C` changed: 1.0 -> 7"),
+        "{status}"
+    );
+    assert!(status.contains("m/prepare: up to date"), "{status}");
+    assert_eq!(project.read("params.yaml"), before);
+    let typo = project.kiln(&["status", "--set", "train.c=7"]);
+    assert_eq!(typo.status.code(), Some(2), "{}", stderr(&typo));
+}
+
+#[test]
+fn outs_go_into_the_gitignore_of_their_folder() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      prep: {cmd: 'mkdir -p data/processed && cp raw.csv data/processed/clean.csv', deps: [raw.csv], outs: [data/processed]}\n      train: {cmd: 'mkdir -p models && cp data/processed/clean.csv models/model.pkl && cp raw.csv kept.txt', deps: [data/processed], outs: [models/model.pkl, kept.txt]}\n",
+    );
+    project.write("raw.csv", "x\n1\n");
+    project.write("data/.gitignore", "# mine\n*.tmp");
+    project.write("kept.txt", "x\n1\n");
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .current_dir(project.root())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    git(&["init", "-q"]);
+    // `kept.txt` is tracked: the user's choice, left alone.
+    git(&["add", "kiln.yaml", "raw.csv", "data/.gitignore", "kept.txt"]);
+    git(&["commit", "-qm", "first"]);
+    run_ok(&project, &[]);
+    assert_eq!(
+        project.read("data/.gitignore"),
+        "# mine\n*.tmp\n/processed\n"
+    );
+    assert_eq!(project.read("models/.gitignore"), "/model.pkl\n");
+    assert!(!project.path(".gitignore").exists(), "kept.txt is tracked");
+    // Again, and after the outs were deleted and restored: no line twice.
+    run_ok(&project, &["--force"]);
+    std::fs::remove_dir_all(project.path("data/processed")).unwrap();
+    run_ok(&project, &[]);
+    assert_eq!(
+        project.read("data/.gitignore"),
+        "# mine\n*.tmp\n/processed\n"
+    );
+    assert_eq!(project.read("models/.gitignore"), "/model.pkl\n");
+    // git sees no untracked out.
+    let untracked = git(&["status", "--porcelain", "--untracked-files=all"]);
+    assert!(
+        !untracked.contains("processed/") && !untracked.contains("model.pkl"),
+        "{untracked}"
+    );
+}
+
+#[test]
+fn outside_git_no_gitignore_is_written() {
+    let project = chain();
+    run_ok(&project, &[]);
+    assert!(!project.path(".gitignore").exists());
+}
+
+#[test]
+fn a_failed_environment_build_names_its_log() {
+    let project = TestProject::new(
+        "models:\n  m:\n    python: {requirements: requirements.txt}\n    stages:\n      a: {cmd: echo x > a.txt, outs: [a.txt]}\n",
+    );
+    // A requirement naming a local folder that does not exist: the installer fails at once.
+    project.write("requirements.txt", "./no-such-package-dir\n");
+    let output = project.kiln(&["run"]);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let log = text
+        .split("(installer log: `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("the build should name its log first:\n{text}"));
+    assert!(log.ends_with("kiln-install.log"), "{text}");
+    assert!(
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("no-such-package-dir")),
+        "{log}"
+    );
+    assert!(
+        text.contains("error: installing requirements for `")
+            && text.contains(&format!("the full log is `{log}`")),
+        "{text}"
+    );
+    assert!(!project.path("a.txt").exists());
 }
