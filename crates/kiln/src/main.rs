@@ -4,9 +4,11 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod commands;
+mod error;
 mod exit;
 mod files;
 mod init_cmd;
+mod printer;
 mod report;
 mod serve_cmd;
 mod ui;
@@ -79,7 +81,7 @@ Examples:
     Serve(serve_cmd::ServeArgs),
     /// Write a commented `kiln.yaml` from the repository layout.
     #[command(
-        after_help = "Recognises models/<name>/src/{train.py,predict.py,requirements.txt}, data/raw, data/processed.\n\nExamples:\n  kiln init\n  kiln init --force"
+        after_help = "Recognises models/<name>/src/{train.py,predict.py,requirements.txt}, data/raw,\ndata/processed, scripts/ (preprocessing) and tests/ (pytest).\n\nExamples:\n  kiln init\n  kiln init --force"
     )]
     Init {
         /// Overwrite an existing `kiln.yaml`.
@@ -120,18 +122,18 @@ fn main() -> ExitCode {
         Command::Metrics(command) => commands::metrics(&cli.project, command),
         Command::Serve(args) => {
             init_server_logs();
-            commands::serve(&cli.project, args)
+            serve_cmd::serve(&cli.project, args)
         }
         Command::Init { force } => init_cmd::run(&cli.project, force).map(|path| {
-            eprintln!("wrote `{path}`: review it, then run `kiln check`");
+            printer::errln!("wrote `{path}`: review it, then run `kiln check`");
             exit::code(exit::SUCCESS)
         }),
     };
     match result {
         Ok(code) => code,
         Err(error) => {
-            commands::print_error(&error);
-            exit::code(commands::exit_code_of(&error))
+            error.print();
+            exit::code(error.exit_code())
         }
     }
 }

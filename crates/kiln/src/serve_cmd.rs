@@ -5,6 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use kiln_pipeline::Workspace;
+
+use crate::commands::load;
+use crate::error::{CliError, Result};
+use crate::printer::errln;
+
 /// Serve models over HTTP.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -79,7 +85,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The immutable server settings these arguments describe; relative paths are taken from `project_root`.
-    pub fn to_config(&self, project_root: &Path) -> anyhow::Result<kiln_serve::ServerConfig> {
+    pub fn to_config(&self, project_root: &Path) -> Result<kiln_serve::ServerConfig> {
         let resolve = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -97,9 +103,9 @@ impl ServeArgs {
             models.push(model);
         }
         if models.is_empty() {
-            anyhow::bail!(
-                "no model to serve: give a path (`kiln serve model.onnx`) or `--model NAME=PATH`"
-            );
+            return Err(CliError::usage(
+                "no model to serve: give a path (`kiln serve model.onnx`) or `--model NAME=PATH`",
+            ));
         }
         let mut config =
             kiln_serve::ServerConfig::new(SocketAddr::new(self.host, self.port), models);
@@ -133,17 +139,63 @@ impl ServeArgs {
     }
 }
 
-/// Runs the server until SIGTERM or Ctrl-C, then drains in-flight requests and exits 0.
-pub fn run(args: ServeArgs, project_root: &Path) -> anyhow::Result<ExitCode> {
-    let config = args.to_config(project_root)?;
-    match kiln_serve::run_blocking(config) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(error) => {
-            let message = kiln_serve::error_chain(&error);
-            Err(match error.hint() {
-                Some(hint) => anyhow::anyhow!("{message}\nhint: {hint}"),
-                None => anyhow::anyhow!("{message}"),
-            })
+/// `kiln serve`: a bare model name is this project's model, served as its latest green run
+/// stored it and swapped when a later run is green (`kiln_deploy::prepare` finds its artifact,
+/// environment and ONNX Runtime); anything else is a path for the server to load.
+pub fn serve(root: &Path, mut args: ServeArgs) -> Result<ExitCode> {
+    let root = std::path::absolute(root)?;
+    if let Some(name) = args.path.clone()
+        && !root.join(&name).exists()
+    {
+        let name = name.to_string_lossy().into_owned();
+        if name.contains('/') {
+            return Err(CliError::usage(format!("`{name}` does not exist")));
         }
+        let project = load(&root).map_err(|error| match error {
+            CliError::Spec(kiln_spec::Error::NotFound { .. }) => CliError::usage(format!(
+                "`{name}` is neither a file nor a folder here, and there is no project to find a model `{name}` in"
+            )),
+            error => error,
+        })?;
+        let workspace = Workspace::open(&project.root)?;
+        let served =
+            kiln_deploy::prepare(&workspace, &project, &name, &mut |line| errln!("  {line}"))?;
+        errln!(
+            "serving `{name}` from run {} (artifact {}); later green runs are swapped in",
+            served.artifact.run,
+            served.artifact.digest.short()
+        );
+        args.path = None;
+        args.models
+            .insert(0, format!("{name}={}", served.path.display()));
+        if args.request_log.is_none() {
+            args.request_log = Some(workspace.state_dir.join("requests"));
+        }
+        args.python = args.python.or(served.python);
+        args.ort_lib = args.ort_lib.or(served.onnx_runtime);
     }
+    let serves_onnx = args
+        .path
+        .iter()
+        .map(|p| root.join(p))
+        .chain(
+            args.models
+                .iter()
+                .filter_map(|m| m.split_once('=').map(|(_, p)| root.join(p))),
+        )
+        .any(|p| kiln_deploy::needs_onnx_runtime(&p));
+    // Found once here and handed to the server, which would otherwise ask python again.
+    if serves_onnx && args.ort_lib.is_none() {
+        args.ort_lib =
+            kiln_deploy::find_onnx_runtime(args.python.as_deref(), &mut |line| errln!("  {line}"))
+                .inspect_err(|error| errln!("warning: {error}"))
+                .ok();
+    }
+    run(args, &root)
+}
+
+/// Runs the server until SIGTERM or Ctrl-C, then drains in-flight requests and exits 0.
+fn run(args: ServeArgs, project_root: &Path) -> Result<ExitCode> {
+    kiln_serve::run_blocking(args.to_config(project_root)?)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::printer::errln;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_pipeline::run::Failure;
 use kiln_pipeline::{Event, Observer, Outcome};
@@ -67,7 +68,7 @@ impl Progress {
             Progress::Live { multi, .. } => {
                 let _ = multi.println(text);
             }
-            Progress::Plain => eprintln!("{text}"),
+            Progress::Plain => errln!("{text}"),
             Progress::Quiet => {}
         }
     }
@@ -164,7 +165,7 @@ impl Observer for Progress {
                     bars.insert(id.to_string(), bar);
                 }
             }
-            (Progress::Plain, Event::Planned { stages }) => eprintln!(
+            (Progress::Plain, Event::Planned { stages }) => errln!(
                 "{} stage{} to check",
                 stages.len(),
                 if stages.len() == 1 { "" } else { "s" }
@@ -214,7 +215,7 @@ impl Observer for Progress {
                 duration(Duration::from_millis(result.duration_ms as u64))
             )),
             (Progress::Plain, Event::StageFinished { report }) => {
-                eprintln!(
+                errln!(
                     "{}",
                     Self::finished_line(&report.outcome, &report.id.to_string(), report.duration)
                 );

@@ -53,7 +53,8 @@ impl TestProject {
     }
 }
 
-/// The Kiln binary with a stable environment: no colour, a shared cache of Python envs.
+/// The Kiln binary with a stable environment: no colour, a shared cache of Python envs, and the
+/// test python (with numpy and scikit-learn) for models that declare no environment.
 pub fn kiln_command(dir: &Path) -> Command {
     let mut command = Command::cargo_bin("kiln").expect("kiln binary");
     command
@@ -61,6 +62,9 @@ pub fn kiln_command(dir: &Path) -> Command {
         .env("NO_COLOR", "1")
         .env("KILN_CACHE_DIR", shared_cache_dir())
         .env_remove("KILN_PARAMS");
+    if let Some(python) = std::env::var_os("KILN_TEST_PYTHON").filter(|p| !p.is_empty()) {
+        command.env("KILN_PYTHON", python);
+    }
     command
 }
 

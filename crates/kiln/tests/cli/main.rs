@@ -7,4 +7,5 @@ mod formats;
 mod init;
 mod run;
 mod runs;
+mod servable;
 mod serve;

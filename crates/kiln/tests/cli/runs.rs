@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 
 use crate::common::{TestProject, stderr, stdout};
 
-/// A data check, a stage that fails on demand, metrics, a gate and an artifact folder.
+/// A data check, a stage that fails on demand, metrics, a gate and an artifact folder (a
+/// `predict.py` model, which the servable check loads and feeds rows of `train.csv`).
 const PROJECT: &str = r#"models:
   m:
     stages:
@@ -18,14 +19,27 @@ const PROJECT: &str = r#"models:
             columns:
               x: {min: 0}
       train:
-        cmd: "test \"$(cat fail.txt)\" = no && mkdir -p model && cp train.csv model/data.csv && cp score.json metrics.json"
-        deps: [train.csv, score.json, fail.txt]
+        cmd: "test \"$(cat fail.txt)\" = no && mkdir -p model && cp train.csv model/data.csv && cp predict.py model/ && cp score.json metrics.json"
+        deps: [train.csv, predict.py, score.json, fail.txt]
         params: [train]
         outs: [model]
         metrics: [metrics.json]
     artifact: model
     gates: ["accuracy >= 0.9"]
 "#;
+
+const PREDICT_PY: &str = "def predict(inputs):\n    return {\"y\": inputs[\"x\"] * 2}\n";
+
+/// The project, its data and a model that passes its data check and gate.
+fn green_project() -> TestProject {
+    let project = TestProject::new(PROJECT);
+    project.write("params.yaml", "train:\n  C: 1.0\n");
+    project.write("predict.py", PREDICT_PY);
+    project.write("raw.csv", "x\n1\n2\n");
+    project.write("score.json", r#"{"accuracy": 0.95}"#);
+    project.write("fail.txt", "no\n");
+    project
+}
 
 fn json_of(output: &std::process::Output) -> Value {
     let text = stdout(output);
@@ -58,11 +72,7 @@ fn assert_is_out(out: &Value, path: &str, kind: &str) {
 
 #[test]
 fn runs_tell_failures_apart_and_speak_typed_json() {
-    let project = TestProject::new(PROJECT);
-    project.write("params.yaml", "train:\n  C: 1.0\n");
-    project.write("raw.csv", "x\n1\n2\n");
-    project.write("score.json", r#"{"accuracy": 0.95}"#);
-    project.write("fail.txt", "no\n");
+    let project = green_project();
 
     // 1: green, with an override.
     let green = project.kiln(&["run", "--set", "train.C=0.5", "--json"]);
@@ -198,11 +208,8 @@ fn runs_tell_failures_apart_and_speak_typed_json() {
 
 #[test]
 fn runs_show_prints_why_a_run_failed() {
-    let project = TestProject::new(PROJECT);
-    project.write("params.yaml", "train:\n  C: 1.0\n");
-    project.write("raw.csv", "x\n1\n");
+    let project = green_project();
     project.write("score.json", r#"{"accuracy": 0.5}"#);
-    project.write("fail.txt", "no\n");
     assert_eq!(project.kiln(&["run"]).status.code(), Some(4));
     let shown = stdout(&project.kiln(&["runs", "show", "1"]));
     assert!(shown.contains("failed (gate)"), "{shown}");
@@ -211,4 +218,27 @@ fn runs_show_prints_why_a_run_failed() {
         "{shown}"
     );
     assert!(shown.contains("x.min"), "{shown}");
+}
+
+#[test]
+fn a_reader_that_closes_stdout_early_ends_kiln_quietly() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      a: {cmd: echo x > a.txt, outs: [a.txt]}\n",
+    );
+    assert_eq!(project.kiln(&["run"]).status.code(), Some(0));
+    for args in [&["runs", "show", "1"][..], &["runs"], &["runs", "--json"]] {
+        // As `kiln runs show 1 | head -0`: the reading end is closed before Kiln writes.
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+            .args(args)
+            .current_dir(project.root())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let text = stderr(&output);
+        assert!(!text.contains("panicked"), "{args:?}: {text}");
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {text}");
+    }
 }

@@ -271,24 +271,31 @@ fn onnx_runtime_is_installed_once_into_the_cache_when_no_python_has_it() {
 #[test]
 fn the_served_artifact_is_the_green_runs_even_after_a_forced_failing_rerun() {
     let project = crate::common::TestProject::new(
-        "models:\n  m:\n    stages:\n      train: {cmd: 'date +%s%N > model.bin && cp score.json metrics.json', outs: [model.bin], metrics: [metrics.json]}\n    artifact: model.bin\n    gates: [\"accuracy >= 0.9\"]\n",
+        "models:\n  m:\n    stages:\n      train: {cmd: 'mkdir -p model && cp predict.py model/ && date +%s%N > model/stamp && cp score.json metrics.json', deps: [predict.py], outs: [model], metrics: [metrics.json]}\n    artifact: model\n    gates: [\"accuracy >= 0.9\"]\n",
     );
+    project.write("predict.py", "def predict(inputs):\n    return inputs\n");
     project.write("score.json", r#"{"accuracy": 0.95}"#);
-    assert_eq!(project.kiln(&["run"]).status.code(), Some(0));
-    let green = project.read("model.bin");
-    assert_eq!(project.read(".kiln/serving/m/model.bin"), green);
+    let first = project.kiln(&["run"]);
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        crate::common::stderr(&first)
+    );
+    let green = project.read("model/stamp");
+    assert_eq!(project.read(".kiln/serving/m/model/stamp"), green);
     // Same inputs, forced: a new model under the same stage-cache key, which fails its gate.
     project.write("score.json", r#"{"accuracy": 0.5}"#);
     assert_eq!(project.kiln(&["run", "--force"]).status.code(), Some(4));
-    assert_ne!(project.read("model.bin"), green);
+    assert_ne!(project.read("model/stamp"), green);
     std::fs::remove_dir_all(project.path(".kiln/serving")).unwrap();
     std::fs::remove_dir_all(project.path(".kiln/artifacts")).unwrap();
-    let output = project.kiln(&["serve", "m", "--ort-lib", "/nonexistent/libonnxruntime.so"]);
+    let output = project.kiln(&["serve", "m", "--python", "/nonexistent/python3"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         crate::common::stderr(&output).contains("serving `m` from run 1"),
         "{}",
         crate::common::stderr(&output)
     );
-    assert_eq!(project.read(".kiln/serving/m/model.bin"), green);
+    assert_eq!(project.read(".kiln/serving/m/model/stamp"), green);
 }

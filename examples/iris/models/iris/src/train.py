@@ -1,7 +1,8 @@
 """Fits a logistic regression on data/processed/train.csv and exports it as model.onnx.
 
 The ONNX file is the artifact Kiln versions and serves: the input is `X`, a float32 matrix with the
-four measurements (sepal_length, sepal_width, petal_length, petal_width) as columns; the outputs are
+four measurements (sepal_length, sepal_width, petal_length, petal_width) as columns, named in the
+model's metadata (`kiln.feature_names`) so that clients may send named columns; the outputs are
 `label` (the class index into CLASSES) and `probabilities` (one column per class).
 """
 
@@ -52,6 +53,8 @@ def main() -> None:
         # Plain tensors out (no ZipMap), which every ONNX runtime reads directly.
         options={id(model): {"zipmap": False}},
     )
+    names = onnx_model.metadata_props.add()
+    names.key, names.value = "kiln.feature_names", ",".join(FEATURES)
     MODEL.write_bytes(onnx_model.SerializeToString())
     print(f"trained on {len(labels)} rows (C={params['C']}), wrote {MODEL.name}")
 

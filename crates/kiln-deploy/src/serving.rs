@@ -1,0 +1,57 @@
+//! Serving a project's model: the artifact of its latest green run (published under
+//! `.kiln/serving/<model>`, so later green runs swap in), its Python environment, ONNX Runtime.
+//! `kiln serve MODEL` calls [`prepare`]; so will a long-running supervisor.
+
+use std::path::PathBuf;
+
+use kiln_pipeline::python_env::{EnvOptions, ensure_env};
+use kiln_pipeline::{Artifact, Workspace};
+use kiln_spec::Project;
+
+use crate::Error;
+use crate::runtime::{find_onnx_runtime, needs_onnx_runtime};
+
+/// Everything a server needs to serve one of the project's models.
+#[derive(Debug, Clone)]
+pub struct ServedModel {
+    pub name: String,
+    /// The run and content the model comes from.
+    pub artifact: Artifact,
+    /// The path to serve: stable from run to run (`.kiln/serving/<model>/…`).
+    pub path: PathBuf,
+    /// The interpreter of the model's environment, for `predict.py` workers.
+    pub python: Option<PathBuf>,
+    /// `libonnxruntime.so`, when the artifact is an ONNX model.
+    pub onnx_runtime: Option<PathBuf>,
+}
+
+/// Publishes the model's latest green artifact for serving and prepares what serving it takes.
+/// `progress` receives a line per slow step (building the environment, installing ONNX Runtime).
+pub fn prepare(
+    workspace: &Workspace,
+    project: &Project,
+    name: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ServedModel, Error> {
+    let (artifact, path) = kiln_pipeline::publish(workspace, project, name)?;
+    let python = match project.model(name).and_then(|m| m.python.as_ref()) {
+        Some(python) => {
+            let options = EnvOptions::from_env()?;
+            let requirements = python.requirements.to_path(&project.root);
+            Some(ensure_env(&requirements, &options, &mut |line| progress(line))?.python)
+        }
+        None => None,
+    };
+    let onnx_runtime = if needs_onnx_runtime(&path) {
+        Some(find_onnx_runtime(python.as_deref(), progress)?)
+    } else {
+        None
+    };
+    Ok(ServedModel {
+        name: name.to_string(),
+        artifact,
+        path,
+        python,
+        onnx_runtime,
+    })
+}
