@@ -27,10 +27,11 @@ pub fn find_onnx_runtime(
         .cache_root
         .join("runtime")
         .join("onnxruntime-requirements.txt");
-    if !requirements.exists() {
+    // Written whole or not at all: a half-written file would build an environment without it.
+    if std::fs::read(&requirements).ok().as_deref() != Some(b"onnxruntime\n".as_slice()) {
         let folder = requirements.parent().unwrap_or(&options.cache_root);
         std::fs::create_dir_all(folder)
-            .and_then(|()| std::fs::write(&requirements, "onnxruntime\n"))
+            .and_then(|()| kiln_store::atomic::write(&requirements, b"onnxruntime\n"))
             .map_err(|source| Error::ManagedRuntime {
                 path: requirements.clone(),
                 source,

@@ -174,7 +174,8 @@ fn materialise(
                 .store
                 .restore_file(file_digest, &target, *executable)?;
         }
-        std::fs::write(&complete, b"").map_err(|source| Error::io("write", &complete, source))?;
+        kiln_store::atomic::write(&complete, b"")
+            .map_err(|source| Error::io("write", &complete, source))?;
     }
     Ok(Artifact {
         model: model.to_string(),
@@ -205,6 +206,8 @@ pub fn publish(
         std::os::unix::fs::symlink(&target, &temporary)
             .map_err(|source| Error::io("link", &temporary, source))?;
         std::fs::rename(&temporary, &link).map_err(|source| Error::io("publish", &link, source))?;
+        kiln_store::atomic::sync_dir(&serving)
+            .map_err(|source| Error::io("publish", &link, source))?;
     }
     let name = artifact
         .path

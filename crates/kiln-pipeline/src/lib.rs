@@ -28,7 +28,7 @@ pub use artifact::{Artifact, latest_artifact, publish};
 pub use params::{Override, ParamWrite};
 pub use run::{
     ArtifactCheck, Event, FailureKind, Observer, Outcome, RunOptions, RunReport,
-    ServabilityFailure, run,
+    ServabilityFailure, ServablePass, run,
 };
 pub use status::{StageStatus, StatusReport, status};
 pub use workspace::Workspace;

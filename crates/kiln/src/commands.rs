@@ -153,10 +153,17 @@ pub fn run(root: &Path, args: RunArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write the Markdown report `{}`", path.display()))?;
     }
     if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&report::run_json(&result))?
-        );
+        // The run is over and recorded: a reader that stopped reading must not turn its exit
+        // code into success (`kiln run --json | jq ...` in CI).
+        let text = serde_json::to_string_pretty(&report::run_json(&result))?;
+        let printed = (|| -> Result<()> {
+            outln!("{text}");
+            Ok(())
+        })();
+        match printed {
+            Ok(()) | Err(CliError::Closed(_)) => {}
+            Err(error) => return Err(error),
+        }
     }
     let runs: Vec<String> = result
         .models
