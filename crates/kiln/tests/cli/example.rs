@@ -47,7 +47,12 @@ fn the_iris_example_trains_checks_and_gates() {
         ]
     );
 
-    let again = kiln_command(dir.path()).args(["run"]).output().unwrap();
+    // `--set` wrote the value into params.yaml, as `dvc exp run --set-param` does: setting it
+    // back restores the green model from the cache.
+    let again = kiln_command(dir.path())
+        .args(["run", "--set", "train.C=1.0"])
+        .output()
+        .unwrap();
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
     assert_eq!(
         outcomes(&again),
