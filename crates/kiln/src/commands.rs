@@ -28,10 +28,23 @@ pub(crate) fn load(root: &Path) -> Result<Project> {
             for diagnostic in &diagnostics {
                 errln!("{}\n", diagnostic.render(color));
             }
+            // Name the files the problems are in: a params file's mistake is not kiln.yaml's.
+            let mut files: Vec<String> = Vec::new();
+            for diagnostic in &diagnostics {
+                let path = diagnostic
+                    .location
+                    .as_ref()
+                    .map_or(file.as_path(), |l| l.file.path.as_path());
+                let shown = format!("`{}`", path.display());
+                if !files.contains(&shown) {
+                    files.push(shown);
+                }
+            }
             let n = diagnostics.len();
             errln!(
-                "error: `{}` has {n} problem{}",
-                file.display(),
+                "error: {} {} {n} problem{}",
+                files.join(" and "),
+                if files.len() == 1 { "has" } else { "have" },
                 if n == 1 { "" } else { "s" }
             );
             Err(CliError::Reported(exit::INVALID))
