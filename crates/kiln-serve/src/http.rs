@@ -536,6 +536,13 @@ async fn run_infer(
             Ok(response)
         }
         Protocol::Mlflow => {
+            if !sampled && let Some(inputs) = mlflow::decode_fast(&bytes, signature) {
+                let outputs = model.infer(inputs).await.map_err(infer_error)?;
+                return Ok(json_response(
+                    StatusCode::OK,
+                    mlflow::encode(&outputs, signature),
+                ));
+            }
             let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::new(
                     ErrorCode::BadJson,
