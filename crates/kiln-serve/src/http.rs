@@ -645,7 +645,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let is_limit = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-            .any(|e| e.to_string().contains("length limit"));
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
         if is_limit {
             too_large()
         } else {
