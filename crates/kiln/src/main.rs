@@ -70,7 +70,7 @@ enum Command {
     /// Serve models over HTTP: Open Inference Protocol v2 and MLflow scoring, metrics, hot swap.
     #[command(
         after_help = "MODEL is a model of this project (its latest green run's artifact), an `.onnx`
-file, or a folder with `predict.py`.
+file, a folder with `predict.py`, or an MLflow model folder (with `MLmodel`).
 
 Examples:
   kiln serve iris
