@@ -101,6 +101,12 @@ impl Error {
                 "serve a folder holding it and a `predict.py` that loads it (`load(model_dir)`), or export the model to ONNX"
                     .into(),
             ),
+            Error::PythonWorkerStart { message, .. } if message.contains("No module named") => Some(
+                "install the missing package into the model's environment (`python: {requirements: ...}` \
+                 in kiln.yaml, or `--python` naming an interpreter that has it); an MLflow model folder \
+                 lists what it needs in its `requirements.txt`"
+                    .into(),
+            ),
             Error::InvalidModelSpec { .. } => Some("for example `--model iris=models/iris.onnx`".into()),
             Error::Bind { .. } => Some("pick another port with `--port`, or `--port 0` for a free one".into()),
             _ => None,
