@@ -108,6 +108,10 @@ fn runs_tell_failures_apart_and_speak_typed_json() {
     assert_eq!(report["failure"], json!("gate"));
     assert_eq!(report["models"][0]["failure"], json!("gate"));
     assert_eq!(report["models"][0]["gates"][0]["verdict"], json!("fail"));
+    assert_eq!(
+        report["models"][0]["gates"][0]["values"],
+        json!({"accuracy": 0.5})
+    );
 
     // 3: a data check fails.
     project.write("raw.csv", "x\n-1\n");
