@@ -26,14 +26,27 @@ fn request_log_records_and_rotates() {
         let (s, _) = server.post_json("/v2/models/lr/infer", &json!({"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}));
         assert_eq!(s, 200);
     }
-    drop(server); // flushes the writer
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(server); // the writer thread flushes and rotates on its own: wait for it
     let dir = logs.path().join("requests");
-    let mut files: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    files.sort();
+    let list = || {
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        files
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let last_line_is_whole = || {
+        std::fs::read_to_string(dir.join("requests.jsonl"))
+            .ok()
+            .and_then(|text| text.lines().last().map(str::to_string))
+            .is_some_and(|line| serde_json::from_str::<Value>(&line).is_ok())
+    };
+    while !(list().len() == 3 && last_line_is_whole()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let files = list();
     assert_eq!(
         files,
         ["requests.1.jsonl", "requests.2.jsonl", "requests.jsonl"],
