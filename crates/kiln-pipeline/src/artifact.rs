@@ -1,9 +1,11 @@
-//! A model's artifact as its latest green run produced it, taken from the store (not from the
-//! workspace, which may have changed since) and laid out under `.kiln/artifacts/` for serving.
+//! A model's artifact as its latest green run (or a registered version) produced it, taken from
+//! the store (not from the workspace, which may have changed since) and laid out under
+//! `.kiln/artifacts/` for serving; `.kiln/serving/` holds a link per served name
+//! (`<model>`, `<model>@<alias>`, `<model>@v<N>`) that is moved atomically.
 
 use std::path::PathBuf;
 
-use kiln_registry::{OutKind, RunId, StageOut, Status};
+use kiln_registry::{ModelRef, OutKind, RunId, Selector, StageOut, Status, Version};
 use kiln_spec::{Model, Project, RelPath};
 use kiln_store::Digest;
 
@@ -186,30 +188,93 @@ fn materialise(
 
 /// Points `.kiln/serving/<model>` at the artifact of the model's latest green run and returns
 /// the path to serve, which stays the same from run to run: a server watching it sees each new
-/// green run and swaps the model in. The switch is atomic (a new symbolic link renamed over the
-/// old one), so a server never sees half an artifact.
+/// green run and swaps the model in.
 pub fn publish(
     workspace: &Workspace,
     project: &Project,
     model: &str,
 ) -> Result<(Artifact, PathBuf), Error> {
     let artifact = latest_artifact(workspace, project, model)?;
+    let path = link_for_serving(workspace, model, &artifact)?;
+    Ok((artifact, path))
+}
+
+/// The artifact of the registered version `reference` names, as its run recorded it.
+pub fn version_artifact(
+    workspace: &Workspace,
+    project: &Project,
+    reference: &ModelRef,
+) -> Result<(Version, Artifact), Error> {
+    let declared = project
+        .model(&reference.model)
+        .ok_or_else(|| Error::unknown_model(project, &reference.model))?;
+    declared_artifact(project, declared)?;
+    let version = workspace.registry.resolve(reference)?;
+    let registered = workspace
+        .registry
+        .model_version(&reference.model, version)?;
+    let run = workspace.registry.run(registered.lineage.run_id)?;
+    let artifact = run_artifact(
+        workspace,
+        project,
+        declared,
+        run.run.id,
+        run.stages.iter().flat_map(|stage| &stage.outs),
+    )?;
+    Ok((version, artifact))
+}
+
+/// Points `.kiln/serving/<model>@<alias>` (or `@v<N>`) at the version `reference` names and
+/// returns the version, its artifact and the path to serve. The path stays the same when the
+/// alias moves, and the link is replaced atomically: a server watching it swaps versions.
+pub fn publish_version(
+    workspace: &Workspace,
+    project: &Project,
+    reference: &ModelRef,
+) -> Result<(Version, Artifact, PathBuf), Error> {
+    let (version, artifact) = version_artifact(workspace, project, reference)?;
+    let path = link_for_serving(workspace, &reference.to_string(), &artifact)?;
+    Ok((version, artifact, path))
+}
+
+/// [`publish_version`] for an alias.
+pub fn publish_alias(
+    workspace: &Workspace,
+    project: &Project,
+    model: &str,
+    alias: &str,
+) -> Result<(Version, Artifact, PathBuf), Error> {
+    let reference = ModelRef {
+        model: model.to_string(),
+        selector: Selector::Alias(alias.to_string()),
+    };
+    publish_version(workspace, project, &reference)
+}
+
+/// Points `.kiln/serving/<name>` at `artifact` and returns the path to serve under it. The
+/// switch is atomic (a new symbolic link renamed over the old one), so a server never sees
+/// half an artifact.
+fn link_for_serving(
+    workspace: &Workspace,
+    name: &str,
+    artifact: &Artifact,
+) -> Result<PathBuf, Error> {
     let serving = workspace.state_dir.join("serving");
     std::fs::create_dir_all(&serving).map_err(|source| Error::io("create", &serving, source))?;
-    let link = serving.join(model);
+    let link = serving.join(name);
     let target = PathBuf::from("../artifacts").join(artifact.digest.to_hex());
     if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
-        let temporary = serving.join(format!(".{model}.{}", std::process::id()));
+        let temporary = serving.join(format!(".{name}.{}", std::process::id()));
         // A link left by a crash of this pid, usually none; `symlink` below says if it stays.
         let _ = std::fs::remove_file(&temporary);
         std::os::unix::fs::symlink(&target, &temporary)
             .map_err(|source| Error::io("link", &temporary, source))?;
         std::fs::rename(&temporary, &link).map_err(|source| Error::io("publish", &link, source))?;
     }
-    let name = artifact
+    let file_name = artifact
         .path
         .file_name()
         .map(PathBuf::from)
         .unwrap_or_default();
-    Ok((artifact, link.join(name)))
+    Ok(link.join(file_name))
 }

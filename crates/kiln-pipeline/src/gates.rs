@@ -1,10 +1,14 @@
 //! After the stages: the model's metrics, read from its metrics files, and its gates judged
-//! against them (and against the previous run's metrics for `previous.NAME`).
+//! against them, against the previous green run's metrics for `previous.NAME`, and against the
+//! registered version an alias holds for `production.NAME` and `staging.NAME` (a gate on an
+//! alias no version holds yet is skipped, saying so, and does not fail the run).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use kiln_registry::GateVerdict;
+use std::collections::HashMap;
+
+use kiln_registry::{GateVerdict, Version};
 use kiln_spec::Model;
 use kiln_spec::gate::{Lookup, Verdict, is_reference};
 use kiln_spec::values::read_flat;
@@ -68,10 +72,20 @@ pub(crate) fn read_metrics(root: &Path, model: &Model) -> (Vec<(String, f64)>, V
     (metrics.into_iter().collect(), problems)
 }
 
+/// The registered version an alias holds, with its metrics, for gates that compare with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AliasedVersion {
+    pub version: Version,
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// Judges the model's gates. `aliased` holds, for each alias the gates name, the version it
+/// holds (`None`: no version yet).
 pub(crate) fn evaluate_gates(
     model: &Model,
     metrics: &[(String, f64)],
     previous: Option<&Vec<(String, f64)>>,
+    aliased: &HashMap<String, Option<AliasedVersion>>,
 ) -> Vec<GateReport> {
     let lookup = |name: &str| -> Lookup {
         if let Some(metric) = name.strip_prefix("previous.") {
@@ -86,12 +100,20 @@ pub(crate) fn evaluate_gates(
                     .map_or(Lookup::Unknown, |(_, v)| Lookup::Value(*v)),
             };
         }
-        if is_reference(name) {
-            let alias = name.split('.').next().unwrap_or_default();
-            return Lookup::Unavailable(format!(
-                "no version of model `{}` is in `{alias}` yet",
-                model.name
-            ));
+        if is_reference(name)
+            && let Some((alias, metric)) = name.split_once('.')
+        {
+            return match aliased.get(alias) {
+                Some(Some(held)) => held
+                    .metrics
+                    .iter()
+                    .find(|(k, _)| k == metric)
+                    .map_or(Lookup::Unknown, |(_, v)| Lookup::Value(*v)),
+                _ => Lookup::Unavailable(format!(
+                    "no version of model `{}` is in `{alias}` yet",
+                    model.name
+                )),
+            };
         }
         metrics
             .iter()

@@ -261,6 +261,50 @@ impl PythonEnvError {
     }
 }
 
+/// The exact packages installed in `environment`, as `name==version` lines sorted by name: what
+/// `pip freeze` would say, read from the `*.dist-info` folders of its `site-packages` without
+/// starting Python (names as the folders spell them: lowercase, `_` for `-`).
+pub fn installed_packages(environment: &PythonEnvironment) -> Result<Vec<String>, PythonEnvError> {
+    let mut packages = Vec::new();
+    for site_packages in site_packages_dirs(&environment.root)? {
+        let entries = fs::read_dir(&site_packages).map_err(io_error("read", &site_packages))?;
+        for entry in entries {
+            let entry = entry.map_err(io_error("read", &site_packages))?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".dist-info")) else {
+                continue;
+            };
+            if let Some((package, version)) = stem.split_once('-') {
+                packages.push(format!(
+                    "{}=={version}",
+                    package.to_ascii_lowercase().replace('-', "_")
+                ));
+            }
+        }
+    }
+    packages.sort();
+    packages.dedup();
+    Ok(packages)
+}
+
+/// `lib/python3.X/site-packages` (POSIX) or `Lib/site-packages` (Windows) under a virtualenv.
+fn site_packages_dirs(root: &Path) -> Result<Vec<PathBuf>, PythonEnvError> {
+    let windows = root.join("Lib").join("site-packages");
+    if windows.is_dir() {
+        return Ok(vec![windows]);
+    }
+    let lib = root.join("lib");
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(&lib).map_err(io_error("read", &lib))? {
+        let entry = entry.map_err(io_error("read", &lib))?;
+        let candidate = entry.path().join("site-packages");
+        if candidate.is_dir() {
+            dirs.push(candidate);
+        }
+    }
+    Ok(dirs)
+}
+
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PythonEnvError {
     let path = path.to_path_buf();
     move |source| PythonEnvError::Io {

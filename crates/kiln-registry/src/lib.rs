@@ -81,16 +81,16 @@ impl Error {
             Error::NewerSchema { .. } => {
                 Some("use the Kiln that wrote it, or a newer one".to_string())
             }
-            Error::NoSuchModel(_) => Some(
-                "a green run of the model registers a version: `kiln run`; `kiln models list` shows the registered models"
+            Error::NoSuchModel(model) => Some(format!(
+                "a green `kiln run {model}` registers its first version; `kiln models list` shows the registered models"
+            )),
+            Error::NoSuchVersion { model, .. } | Error::AliasUnset { model, .. } => Some(format!(
+                "`kiln models history {model}` shows its versions and aliases"
+            )),
+            Error::BadModelRef { .. } => Some(
+                "write `MODEL`, `MODEL@vN` or `MODEL@ALIAS`, e.g. `iris@v3`, `iris@production`"
                     .to_string(),
             ),
-            Error::NoSuchVersion { model, .. } | Error::AliasUnset { model, .. } => {
-                Some(format!("`kiln models history {model}` shows its versions and aliases"))
-            }
-            Error::BadModelRef { .. } => {
-                Some("write `MODEL`, `MODEL@vN` or `MODEL@ALIAS`, e.g. `iris@v3`, `iris@production`".to_string())
-            }
             Error::Corrupt { .. } => Some(
                 "the run history under `.kiln/kiln.db` was changed outside Kiln; \
                  move it away to start a new history"

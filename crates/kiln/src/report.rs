@@ -241,6 +241,7 @@ pub fn run_json(result: &RunReport) -> Value {
                 "metrics": model.metrics.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "gates": model.gates.iter().map(|g| json!({"gate": g.text, "verdict": g.recorded_verdict(), "detail": g.detail()})).collect::<Vec<_>>(),
                 "servable": model.servable,
+                "version": model.version.map(|v| v.version()),
             })
         })
         .collect();
