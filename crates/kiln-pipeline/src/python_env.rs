@@ -800,6 +800,39 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn installed_packages_are_read_from_the_dist_info_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("lib/python3.11/site-packages");
+        for folder in [
+            "scikit_learn-1.5.0.dist-info",
+            "numpy-2.1.3.dist-info",
+            "numpy",
+            "pip-24.0.dist-info",
+        ] {
+            fs::create_dir_all(site.join(folder)).unwrap();
+        }
+        let environment = PythonEnvironment::at(dir.path().to_path_buf(), "k".into(), false);
+        assert_eq!(
+            installed_packages(&environment).unwrap(),
+            ["numpy==2.1.3", "pip==24.0", "scikit_learn==1.5.0"]
+        );
+        // The test environment, a real virtualenv, when there is one.
+        if let Some(venv) = std::env::var_os("KILN_TEST_VENV").filter(|v| !v.is_empty()) {
+            let real = PythonEnvironment::at(PathBuf::from(venv), "k".into(), false);
+            let packages = installed_packages(&real).unwrap();
+            assert!(
+                packages.iter().any(|p| p.starts_with("scikit_learn==")),
+                "{packages:?}"
+            );
+        }
+        let missing = PythonEnvironment::at(dir.path().join("nope"), "k".into(), false);
+        assert!(matches!(
+            installed_packages(&missing),
+            Err(PythonEnvError::Io { .. })
+        ));
+    }
+
+    #[test]
     fn key_is_stable_across_releases() {
         // Changing this value orphans every environment users have built: bump KEY_VERSION
         // deliberately instead.
