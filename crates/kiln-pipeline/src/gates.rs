@@ -35,7 +35,15 @@ impl GateReport {
     pub fn detail(&self) -> String {
         match &self.verdict {
             Verdict::Skipped(reason) => reason.clone(),
-            Verdict::UnknownMetric(name) => format!("no metric `{name}` in this run"),
+            Verdict::UnknownMetric(name) => match name.split_once('.') {
+                Some(("previous", metric)) if is_reference(name) => {
+                    format!("the previous green run has no metric `{metric}`")
+                }
+                Some((alias, metric)) if is_reference(name) => {
+                    format!("the version in `{alias}` has no metric `{metric}`")
+                }
+                _ => format!("no metric `{name}` in this run"),
+            },
             _ => self
                 .values
                 .iter()
@@ -140,4 +148,30 @@ pub(crate) fn evaluate_gates(
                 .collect(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_metric_names_where_it_was_looked_for() {
+        let detail = |name: &str| {
+            GateReport {
+                text: String::new(),
+                verdict: Verdict::UnknownMetric(name.to_string()),
+                values: Vec::new(),
+            }
+            .detail()
+        };
+        assert_eq!(detail("f1"), "no metric `f1` in this run");
+        assert_eq!(
+            detail("production.f1"),
+            "the version in `production` has no metric `f1`"
+        );
+        assert_eq!(
+            detail("previous.f1"),
+            "the previous green run has no metric `f1`"
+        );
+    }
 }

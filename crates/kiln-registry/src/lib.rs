@@ -374,7 +374,11 @@ impl Registry {
             gates,
             servable,
         } = *outcome;
-        let transaction = self.connection.transaction()?;
+        // Immediate: the transaction reads before it writes, and a deferred one would fail at
+        // once (not wait) if another process wrote in between, e.g. registering a version.
+        let transaction = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let started: i64 = transaction
             .query_row(
                 "SELECT started_at_ms FROM runs WHERE id = ?1",
