@@ -59,6 +59,7 @@ impl ArtifactCheck for ServableCheck {
             vec![ModelConfig {
                 name: model.name.clone(),
                 path: artifact.path.clone(),
+                version_file: None,
             }],
         );
         config.python = python.clone();

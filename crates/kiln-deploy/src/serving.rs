@@ -22,6 +22,8 @@ pub struct ServedModel {
     pub artifact: Artifact,
     /// The path to serve: stable while the alias moves (`.kiln/serving/<model>@<alias>/…`).
     pub path: PathBuf,
+    /// The file holding the version the path holds now (for the server's version numbers).
+    pub version_file: PathBuf,
     /// The interpreter of the model's environment, for `predict.py` workers.
     pub python: Option<PathBuf>,
     /// `libonnxruntime.so`, when the artifact is an ONNX model.
@@ -37,7 +39,12 @@ pub fn prepare(
     progress: &mut dyn FnMut(&str),
 ) -> Result<ServedModel, Error> {
     let name = reference.model.as_str();
-    let (version, artifact, path) = kiln_pipeline::publish_version(workspace, project, reference)?;
+    let kiln_pipeline::PublishedVersion {
+        version,
+        artifact,
+        path,
+        version_file,
+    } = kiln_pipeline::publish_version(workspace, project, reference)?;
     let python = match project.model(name).and_then(|m| m.python.as_ref()) {
         Some(python) => {
             let options = EnvOptions::from_env()?;
@@ -56,6 +63,7 @@ pub fn prepare(
         version,
         artifact,
         path,
+        version_file,
         python,
         onnx_runtime,
     })

@@ -195,8 +195,22 @@ pub fn publish(
     model: &str,
 ) -> Result<(Artifact, PathBuf), Error> {
     let artifact = latest_artifact(workspace, project, model)?;
-    let path = link_for_serving(workspace, model, &artifact)?;
+    let target = PathBuf::from("../artifacts").join(artifact.digest.to_hex());
+    let link = link_for_serving(workspace, model, &target)?;
+    let path = link.join(file_name(&artifact));
     Ok((artifact, path))
+}
+
+/// A registered version laid out for serving.
+#[derive(Debug, Clone)]
+pub struct PublishedVersion {
+    pub version: Version,
+    pub artifact: Artifact,
+    /// The path to serve (`.kiln/serving/<model>@<alias>/<artifact name>`): the same while the
+    /// alias moves.
+    pub path: PathBuf,
+    /// A file holding the version number the path holds now, for the server to report.
+    pub version_file: PathBuf,
 }
 
 /// The artifact of the registered version `reference` names, as its run recorded it.
@@ -224,17 +238,27 @@ pub fn version_artifact(
     Ok((version, artifact))
 }
 
-/// Points `.kiln/serving/<model>@<alias>` (or `@v<N>`) at the version `reference` names and
-/// returns the version, its artifact and the path to serve. The path stays the same when the
-/// alias moves, and the link is replaced atomically: a server watching it swaps versions.
+/// Points `.kiln/serving/<model>@<alias>` (or `@v<N>`) at the version `reference` names. The
+/// link names `.kiln/versions/<model>/<N>/` (the artifact, linked, and a `VERSION` file), and is
+/// replaced atomically when the alias moves: a server watching the path swaps versions and
+/// reads the new number.
 pub fn publish_version(
     workspace: &Workspace,
     project: &Project,
     reference: &ModelRef,
-) -> Result<(Version, Artifact, PathBuf), Error> {
+) -> Result<PublishedVersion, Error> {
     let (version, artifact) = version_artifact(workspace, project, reference)?;
-    let path = link_for_serving(workspace, &reference.to_string(), &artifact)?;
-    Ok((version, artifact, path))
+    version_folder(workspace, &reference.model, version, &artifact)?;
+    let target = PathBuf::from("../versions")
+        .join(&reference.model)
+        .join(version.to_string());
+    let link = link_for_serving(workspace, &reference.to_string(), &target)?;
+    Ok(PublishedVersion {
+        version,
+        path: link.join(file_name(&artifact)),
+        version_file: link.join("VERSION"),
+        artifact,
+    })
 }
 
 /// [`publish_version`] for an alias.
@@ -243,7 +267,7 @@ pub fn publish_alias(
     project: &Project,
     model: &str,
     alias: &str,
-) -> Result<(Version, Artifact, PathBuf), Error> {
+) -> Result<PublishedVersion, Error> {
     let reference = ModelRef {
         model: model.to_string(),
         selector: Selector::Alias(alias.to_string()),
@@ -251,30 +275,70 @@ pub fn publish_alias(
     publish_version(workspace, project, &reference)
 }
 
-/// Points `.kiln/serving/<name>` at `artifact` and returns the path to serve under it. The
-/// switch is atomic (a new symbolic link renamed over the old one), so a server never sees
-/// half an artifact.
+/// The artifact's file or folder name.
+fn file_name(artifact: &Artifact) -> PathBuf {
+    artifact
+        .path
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// `.kiln/versions/<model>/<version>/`: a link to the artifact and a `VERSION` file. A version
+/// never changes, so a folder that is there is complete: it is built aside and renamed in.
+fn version_folder(
+    workspace: &Workspace,
+    model: &str,
+    version: Version,
+    artifact: &Artifact,
+) -> Result<(), Error> {
+    let parent = workspace.state_dir.join("versions").join(model);
+    let folder = parent.join(version.to_string());
+    if folder.is_dir() {
+        return Ok(());
+    }
+    let building = parent.join(format!(".{version}.{}", std::process::id()));
+    // Left by a crash of this pid, usually nothing; the writes below say if it stays.
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir_all(&building).map_err(|source| Error::io("create", &building, source))?;
+    let name = file_name(artifact);
+    let target = PathBuf::from("../../../artifacts")
+        .join(artifact.digest.to_hex())
+        .join(&name);
+    let link = building.join(&name);
+    std::os::unix::fs::symlink(&target, &link)
+        .map_err(|source| Error::io("link", &link, source))?;
+    let file = building.join("VERSION");
+    kiln_store::atomic::write(&file, format!("{version}\n").as_bytes())
+        .map_err(|source| Error::io("write", &file, source))?;
+    if let Err(source) = std::fs::rename(&building, &folder) {
+        let _ = std::fs::remove_dir_all(&building);
+        // Another process laid out the same version first.
+        if !folder.is_dir() {
+            return Err(Error::io("publish", &folder, source));
+        }
+    }
+    Ok(())
+}
+
+/// Points `.kiln/serving/<name>` at `target` (relative to `.kiln/serving/`) and returns the
+/// link. The switch is atomic (a new symbolic link renamed over the old one), so a server never
+/// sees half an artifact.
 fn link_for_serving(
     workspace: &Workspace,
     name: &str,
-    artifact: &Artifact,
+    target: &std::path::Path,
 ) -> Result<PathBuf, Error> {
     let serving = workspace.state_dir.join("serving");
     std::fs::create_dir_all(&serving).map_err(|source| Error::io("create", &serving, source))?;
     let link = serving.join(name);
-    let target = PathBuf::from("../artifacts").join(artifact.digest.to_hex());
-    if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+    if std::fs::read_link(&link).ok().as_deref() != Some(target) {
         let temporary = serving.join(format!(".{name}.{}", std::process::id()));
         // A link left by a crash of this pid, usually none; `symlink` below says if it stays.
         let _ = std::fs::remove_file(&temporary);
-        std::os::unix::fs::symlink(&target, &temporary)
+        std::os::unix::fs::symlink(target, &temporary)
             .map_err(|source| Error::io("link", &temporary, source))?;
         std::fs::rename(&temporary, &link).map_err(|source| Error::io("publish", &link, source))?;
     }
-    let file_name = artifact
-        .path
-        .file_name()
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    Ok(link.join(file_name))
+    Ok(link)
 }

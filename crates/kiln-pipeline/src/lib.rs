@@ -25,7 +25,8 @@ use kiln_registry::RunId;
 use kiln_spec::RelPath;
 
 pub use artifact::{
-    Artifact, latest_artifact, publish, publish_alias, publish_version, version_artifact,
+    Artifact, PublishedVersion, latest_artifact, publish, publish_alias, publish_version,
+    version_artifact,
 };
 pub use kiln_registry::{ModelRef, Selector, Version};
 pub use params::{Override, ParamWrite};

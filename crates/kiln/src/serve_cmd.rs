@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// Rotated request log files kept.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub request_log_files: usize,
+
+    /// For a project's model: the file holding the registry version served (set by `serve`).
+    #[arg(skip)]
+    pub version_file: Option<(String, PathBuf)>,
 }
 
 impl ServeArgs {
@@ -100,6 +104,11 @@ impl ServeArgs {
         for spec in &self.models {
             let mut model = kiln_serve::ModelConfig::parse_spec(spec)?;
             model.path = resolve(&model.path);
+            if let Some((name, file)) = &self.version_file
+                && *name == model.name
+            {
+                model.version_file = Some(file.clone());
+            }
             models.push(model);
         }
         if models.is_empty() {
@@ -179,6 +188,7 @@ pub fn serve(root: &Path, mut args: ServeArgs) -> Result<ExitCode> {
         args.path = None;
         args.models
             .insert(0, format!("{}={}", served.name, served.path.display()));
+        args.version_file = Some((served.name.clone(), served.version_file.clone()));
         if args.request_log.is_none() {
             args.request_log = Some(workspace.state_dir.join("requests"));
         }

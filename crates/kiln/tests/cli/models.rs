@@ -327,6 +327,16 @@ fn kiln_serve_follows_an_alias_as_it_moves() {
         body["outputs"][0]["data"][0].clone()
     };
     assert_eq!(answer(), json!(3.0));
+    // The v2 API's version is the registry's.
+    let versions = || {
+        let metadata: Value =
+            reqwest::blocking::get(format!("http://127.0.0.1:{port}/v2/models/m"))
+                .unwrap()
+                .json()
+                .unwrap();
+        metadata["versions"].clone()
+    };
+    assert_eq!(versions(), json!(["1"]));
 
     let output = project.kiln(&[
         "models",
@@ -346,5 +356,6 @@ fn kiln_serve_follows_an_alias_as_it_moves() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(versions(), json!(["2"]));
     assert!(terminate(&mut server).success());
 }
