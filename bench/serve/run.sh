@@ -177,7 +177,9 @@ JSON
 wait_ok() {
   for _ in $(seq 600); do
     if curl -fsS -o /dev/null -H 'Content-Type: application/json' --data-binary "@$2" "$1" 2>/dev/null; then
-      curl -sS -H 'Content-Type: application/json' --data-binary "@$2" "$1" | head -c 300 >&2; echo >&2
+      # head closes the pipe early on a long answer: curl then fails, which pipefail must not see
+      { curl -sS -H 'Content-Type: application/json' --data-binary "@$2" "$1" 2>/dev/null || true; } | head -c 300 >&2
+      echo >&2
       return 0
     fi
     sleep 0.1

@@ -1,9 +1,10 @@
 //! The example input a green run's model must answer before it is published: the file named by
-//! `example:` in kiln.yaml, else the first rows of the first CSV the model's data checks read
-//! (its training or test data). Rows become an MLflow scoring body (`dataframe_split`), so the
-//! check goes through the same decoding and signature validation as a client's request.
+//! `example:` in kiln.yaml, else the first rows of a CSV file of the model's data — the files its
+//! data checks read first, then CSV files its stages write (a name with `train` first), then CSV
+//! files its stages read. Rows become an MLflow scoring body (`dataframe_split`), so the check
+//! goes through the same decoding and signature validation as a client's request.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use kiln_spec::{Model, Project};
 use serde_json::{Map, Value, json};
@@ -14,23 +15,90 @@ use crate::error::ExampleError;
 /// Rows taken from an example file.
 pub const EXAMPLE_ROWS: usize = 5;
 
-/// The example input for `model`, or `None` when it declares none and checks no CSV file.
-pub fn example_input(project: &Project, model: &Model) -> Result<Option<Value>, Error> {
-    let declared = model.example.as_ref().map(|p| p.to_path(&project.root));
-    let path = declared.or_else(|| {
-        model
-            .stages
-            .iter()
-            .flat_map(|s| &s.checks)
-            .map(|c| c.file.to_path(&project.root))
-            .find(|p| p.extension().is_some_and(|e| e == "csv"))
-    });
-    let Some(path) = path else {
-        return Ok(None);
+/// How deep Kiln looks for CSV files inside a folder a stage writes.
+const SEARCH_DEPTH: usize = 3;
+
+/// An example input and where it came from.
+#[derive(Debug, Clone)]
+pub struct Example {
+    /// An MLflow scoring body.
+    pub body: Value,
+    pub path: PathBuf,
+    /// The path as the user knows it: relative to the project root.
+    pub shown: String,
+    /// Named by `example:` (rather than found among the model's data).
+    pub declared: bool,
+}
+
+/// The example input for `model`, or `None` when it declares none and none of its data is CSV.
+pub fn example_input(project: &Project, model: &Model) -> Result<Option<Example>, Error> {
+    let (path, declared) = match &model.example {
+        Some(example) => (example.to_path(&project.root), true),
+        None => match found_example(project, model) {
+            Some(path) => (path, false),
+            None => return Ok(None),
+        },
     };
-    read_example(&path)
-        .map(Some)
-        .map_err(|source| Error::Example { path, source })
+    let body = read_example(&path).map_err(|source| Error::Example {
+        path: path.clone(),
+        source,
+    })?;
+    let shown = path
+        .strip_prefix(&project.root)
+        .unwrap_or(&path)
+        .display()
+        .to_string();
+    Ok(Some(Example {
+        body,
+        path,
+        shown,
+        declared,
+    }))
+}
+
+/// The first CSV file of the model's data, in the order of the module header.
+fn found_example(project: &Project, model: &Model) -> Option<PathBuf> {
+    let is_csv = |p: &Path| p.is_file() && p.extension().is_some_and(|e| e == "csv");
+    let checked = model
+        .stages
+        .iter()
+        .flat_map(|s| &s.checks)
+        .map(|c| c.file.to_path(&project.root));
+    let mut written: Vec<PathBuf> = Vec::new();
+    for out in model.stages.iter().flat_map(|s| &s.outs) {
+        collect_csv(&out.to_path(&project.root), SEARCH_DEPTH, &mut written);
+    }
+    // A stable preference: training data first, then the rest in path order.
+    written.sort_by_key(|p| {
+        let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase());
+        (!name.is_some_and(|n| n.contains("train")), p.clone())
+    });
+    let read = model
+        .stages
+        .iter()
+        .flat_map(|s| &s.deps)
+        .map(|d| d.to_path(&project.root));
+    checked.chain(written).chain(read).find(|p| is_csv(p))
+}
+
+fn collect_csv(path: &Path, depth: usize, found: &mut Vec<PathBuf>) {
+    if path.is_file() {
+        if path.extension().is_some_and(|e| e == "csv") {
+            found.push(path.to_path_buf());
+        }
+        return;
+    }
+    if depth == 0 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    children.sort();
+    for child in children {
+        collect_csv(&child, depth - 1, found);
+    }
 }
 
 /// Reads a CSV file (header row, then data) or a JSON file (a list of records, or an MLflow

@@ -12,7 +12,7 @@ mod servable;
 mod serving;
 
 pub use error::Error;
-pub use example::{EXAMPLE_ROWS, example_input};
+pub use example::{EXAMPLE_ROWS, Example, example_input};
 pub use runtime::{find_onnx_runtime, needs_onnx_runtime};
 pub use servable::ServableCheck;
 pub use serving::{ServedModel, prepare};

@@ -7,10 +7,13 @@ use kiln_pipeline::python_env::{EnvOptions, ensure_env};
 
 use crate::Error;
 
-/// True when serving `path` needs ONNX Runtime: a file (the server serves a file as an ONNX
-/// model), or a folder holding `model.onnx`.
+/// True when serving `path` needs ONNX Runtime: an `.onnx` file or one without an extension (the
+/// server serves those as ONNX), or a folder holding `model.onnx`.
 pub fn needs_onnx_runtime(path: &Path) -> bool {
-    path.is_file() || path.join("model.onnx").is_file()
+    if path.is_file() {
+        return path.extension().is_none_or(|e| e == "onnx");
+    }
+    path.join("model.onnx").is_file()
 }
 
 /// `libonnxruntime.so`: as given (`ORT_DYLIB_PATH`), else from `python`'s `onnxruntime` package
@@ -27,10 +30,11 @@ pub fn find_onnx_runtime(
         .cache_root
         .join("runtime")
         .join("onnxruntime-requirements.txt");
-    if !requirements.exists() {
+    // Written whole or not at all: a half-written file would build an environment without it.
+    if std::fs::read(&requirements).ok().as_deref() != Some(b"onnxruntime\n".as_slice()) {
         let folder = requirements.parent().unwrap_or(&options.cache_root);
         std::fs::create_dir_all(folder)
-            .and_then(|()| std::fs::write(&requirements, "onnxruntime\n"))
+            .and_then(|()| kiln_store::atomic::write(&requirements, b"onnxruntime\n"))
             .map_err(|source| Error::ManagedRuntime {
                 path: requirements.clone(),
                 source,
@@ -54,6 +58,9 @@ mod tests {
         let onnx = dir.path().join("m.onnx");
         std::fs::write(&onnx, b"x").unwrap();
         assert!(needs_onnx_runtime(&onnx));
+        let pickle = dir.path().join("m.pkl");
+        std::fs::write(&pickle, b"x").unwrap();
+        assert!(!needs_onnx_runtime(&pickle));
         let folder = dir.path().join("model");
         std::fs::create_dir(&folder).unwrap();
         std::fs::write(folder.join("predict.py"), b"").unwrap();

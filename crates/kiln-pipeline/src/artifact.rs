@@ -176,7 +176,8 @@ fn materialise(
                 .store
                 .restore_file(file_digest, &target, *executable)?;
         }
-        std::fs::write(&complete, b"").map_err(|source| Error::io("write", &complete, source))?;
+        kiln_store::atomic::write(&complete, b"")
+            .map_err(|source| Error::io("write", &complete, source))?;
     }
     Ok(Artifact {
         model: model.to_string(),
@@ -339,6 +340,8 @@ fn link_for_serving(
         std::os::unix::fs::symlink(target, &temporary)
             .map_err(|source| Error::io("link", &temporary, source))?;
         std::fs::rename(&temporary, &link).map_err(|source| Error::io("publish", &link, source))?;
+        kiln_store::atomic::sync_dir(&serving)
+            .map_err(|source| Error::io("publish", &link, source))?;
     }
     Ok(link)
 }

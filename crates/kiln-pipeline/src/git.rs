@@ -179,7 +179,14 @@ fn read_repository(root: &Path) -> Read {
     let Ok(head_tree) = repo.head_tree_id() else {
         return Read::AskGit;
     };
-    let Ok(index) = repo.open_index() else {
+    // The trailing checksum is not verified, as git itself does not when it reads the index:
+    // hashing the whole file would cost more than the rest of the check.
+    let Ok(index) = gix::index::File::at(
+        repo.index_path(),
+        repo.object_hash(),
+        true,
+        gix::index::decode::Options::default(),
+    ) else {
         return Read::AskGit;
     };
     // The index's cached tree is what `git commit` would write: equal to HEAD's tree, nothing

@@ -32,7 +32,7 @@ pub use kiln_registry::{ModelRef, Selector, Version};
 pub use params::{Override, ParamWrite};
 pub use run::{
     ArtifactCheck, Event, FailureKind, Observer, Outcome, RunOptions, RunReport,
-    ServabilityFailure, run,
+    ServabilityFailure, ServablePass, run,
 };
 pub use status::{StageStatus, StatusReport, status};
 pub use workspace::Workspace;
@@ -60,6 +60,16 @@ pub enum Error {
         file: String,
         #[source]
         source: kiln_spec::edit::EditError,
+    },
+    #[error(
+        "no stage of model `{model}` declares param `{key}` of `{file}`: setting it would change the file and no stage would run with it"
+    )]
+    UndeclaredParam {
+        key: String,
+        model: String,
+        file: String,
+        /// The key's top-level section, for the hint.
+        section: String,
     },
     #[error("param `{key}` is not in `{file}` of model `{model}` (known params: {known})")]
     UnknownParam {
@@ -146,6 +156,9 @@ impl Error {
             Error::Busy => {
                 Some("wait for it to finish, or stop it (Ctrl-C) before starting another".into())
             }
+            Error::UndeclaredParam { section, .. } => Some(format!(
+                "add `params: [{section}]` to the stage that reads it: Kiln reruns a stage when a param it declares changes"
+            )),
             Error::UnknownParam { .. } => {
                 Some("`--set` takes a key of the params file, e.g. `--set train.C=0.5`".into())
             }

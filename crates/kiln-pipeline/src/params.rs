@@ -131,6 +131,7 @@ pub fn plan_overrides(
         })?;
         texts.insert(file.clone(), (path, text.clone(), text));
     }
+    require_declared(models, overrides, &texts)?;
     for set in overrides {
         let section = format!("{}.", set.key);
         for (file, (path, _, text)) in texts.iter_mut() {
@@ -180,6 +181,61 @@ pub fn plan_overrides(
     }
     apply_overrides(models, &mut params, overrides)?;
     Ok(plan)
+}
+
+/// Refuses an override that no stage would see: among the models whose params file has the key,
+/// some stage must declare it (`params: [train]` covers `train.C`) or depend on the params file
+/// itself. Otherwise the file would change, every stage would stay cached, and the run would
+/// record a value no stage trained with.
+fn require_declared(
+    models: &[&Model],
+    overrides: &[Override],
+    texts: &BTreeMap<RelPath, (PathBuf, String, String)>,
+) -> Result<(), Error> {
+    for set in overrides {
+        let mut holders = Vec::new();
+        for model in models {
+            let Some(file) = &model.params_file else {
+                continue;
+            };
+            let Some((path, text, _)) = texts.get(file) else {
+                continue;
+            };
+            let values = parse_flat(text).map_err(|message| {
+                Error::Params(kiln_spec::values::ValuesError::Parse {
+                    path: path.clone(),
+                    message,
+                })
+            })?;
+            if values.contains_key(&set.key) {
+                holders.push((model, file));
+            }
+        }
+        if holders.is_empty() {
+            // Not in any file: `apply_overrides` names the known keys.
+            continue;
+        }
+        let declared = holders.iter().any(|(model, file)| {
+            model.stages.iter().any(|stage| {
+                stage.deps.iter().any(|dep| dep == *file)
+                    || stage
+                        .params
+                        .iter()
+                        .any(|param| set.key == *param || set.key.starts_with(&format!("{param}.")))
+            })
+        });
+        if !declared {
+            let (model, file) = holders[0];
+            let section = set.key.split('.').next().unwrap_or(&set.key).to_string();
+            return Err(Error::UndeclaredParam {
+                key: set.key.clone(),
+                model: model.name.clone(),
+                file: file.to_string(),
+                section,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Writes `overrides` into the params files of `models` (see [`plan_overrides`]) and tells the

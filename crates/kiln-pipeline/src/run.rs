@@ -39,10 +39,26 @@ pub trait ArtifactCheck: Sync {
         model: &Model,
         artifact: &Artifact,
         environment: Option<&PythonEnvironment>,
-    ) -> Result<
-        String, /* one-line summary, e.g. "predicted 5 rows in 12 ms" */
-        ServabilityFailure,
-    >;
+    ) -> Result<ServablePass, ServabilityFailure>;
+}
+
+/// A passed servable check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServablePass {
+    /// One line, e.g. "loaded and predicted 5 example rows in 12 ms".
+    pub summary: String,
+    /// What the check could not prove (e.g. no example input to predict on), for the run's
+    /// warnings.
+    pub warning: Option<String>,
+}
+
+impl ServablePass {
+    pub fn new(summary: impl Into<String>) -> ServablePass {
+        ServablePass {
+            summary: summary.into(),
+            warning: None,
+        }
+    }
 }
 
 /// Why a model's artifact could not be served.
@@ -598,7 +614,7 @@ fn judge(
         && let Some(check) = &options.artifact_check
     {
         let outs = stages.iter().flat_map(|s| &s.outs);
-        let result = check_servable(
+        let (result, warning) = check_servable(
             workspace,
             project,
             model,
@@ -608,6 +624,7 @@ fn judge(
             &**check,
             observer,
         );
+        warnings.extend(warning);
         if !result.passed {
             failures.push(FailureKind::Unservable);
             message = Some(format!(
@@ -654,7 +671,7 @@ fn check_servable<'a>(
     environment: Option<&PythonEnvironment>,
     check: &dyn ArtifactCheck,
     observer: &dyn Observer,
-) -> ServableResult {
+) -> (ServableResult, Option<String>) {
     observer.on_event(Event::ServableCheckStarted { model: &model.name });
     let started = Instant::now();
     let outcome = run_artifact(workspace, project, model, run_id, outs)
@@ -664,25 +681,31 @@ fn check_servable<'a>(
         })
         .and_then(|artifact| check.check(project, model, &artifact, environment));
     let duration_ms = started.elapsed().as_millis() as i64;
-    let result = match outcome {
-        Ok(summary) => ServableResult {
-            passed: true,
-            message: summary,
-            detail: None,
-            duration_ms,
-        },
-        Err(failure) => ServableResult {
-            passed: false,
-            message: failure.message,
-            detail: failure.detail,
-            duration_ms,
-        },
+    let (result, warning) = match outcome {
+        Ok(pass) => (
+            ServableResult {
+                passed: true,
+                message: pass.summary,
+                detail: None,
+                duration_ms,
+            },
+            pass.warning,
+        ),
+        Err(failure) => (
+            ServableResult {
+                passed: false,
+                message: failure.message,
+                detail: failure.detail,
+                duration_ms,
+            },
+            None,
+        ),
     };
     observer.on_event(Event::ServableCheckFinished {
         model: &model.name,
         result: &result,
     });
-    result
+    (result, warning)
 }
 
 /// Writes a model's run into the registry, in one transaction.

@@ -1,6 +1,8 @@
 -- Typed rows: a stage's outs become rows of their own table, a run records why it failed, a
--- data-check result names its column apart from its rule, the servable check has a table, and
--- every enumerated column takes only the names the registry's types spell.
+-- data-check result names its column apart from its rule, and the servable check has a table.
+-- Enumerated columns hold the names the registry's types spell and are read back through those
+-- types (an unknown name is a `Corrupt` error); the new columns (`stage_outs.kind`,
+-- `runs.failure`) are also constrained here.
 
 -- A run's data checks and gates are read by run: index them so (the first schema had none).
 CREATE INDEX check_results_by_run ON check_results (run_id, position);

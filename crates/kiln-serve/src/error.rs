@@ -26,6 +26,8 @@ pub enum Error {
     ModelPathMissing { path: PathBuf },
     #[error("model directory `{path}` has neither a `predict.py`, a `model.onnx` nor an `MLmodel`")]
     UnknownModelKind { path: PathBuf },
+    #[error("`{}` is not an ONNX model, and Kiln serves a file only as ONNX", path.display())]
+    NotOnnx { path: PathBuf },
     #[error("invalid model spec `{spec}`, expected `NAME=PATH`")]
     InvalidModelSpec { spec: String },
     #[error("model name `{name}` is used twice")]
@@ -93,6 +95,16 @@ impl Error {
             Error::UnknownModelKind { .. } => Some(
                 "serve a `model.onnx` file, a directory containing `predict.py` with a `predict(inputs)` function, \
                  or an MLflow model directory (`mlflow.sklearn.save_model` and friends write one)"
+                    .into(),
+            ),
+            Error::NotOnnx { .. } => Some(
+                "serve a folder holding it and a `predict.py` that loads it (`load(model_dir)`), or export the model to ONNX"
+                    .into(),
+            ),
+            Error::PythonWorkerStart { message, .. } if message.contains("No module named") => Some(
+                "install the missing package into the model's environment (`python: {requirements: ...}` \
+                 in kiln.yaml, or `--python` naming an interpreter that has it); an MLflow model folder \
+                 lists what it needs in its `requirements.txt`"
                     .into(),
             ),
             Error::InvalidModelSpec { .. } => Some("for example `--model iris=models/iris.onnx`".into()),

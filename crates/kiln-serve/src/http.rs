@@ -536,6 +536,13 @@ async fn run_infer(
             Ok(response)
         }
         Protocol::Mlflow => {
+            if !sampled && let Some(inputs) = mlflow::decode_fast(&bytes, signature) {
+                let outputs = model.infer(inputs).await.map_err(infer_error)?;
+                return Ok(json_response(
+                    StatusCode::OK,
+                    mlflow::encode(&outputs, signature),
+                ));
+            }
             let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::new(
                     ErrorCode::BadJson,
@@ -638,7 +645,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let is_limit = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-            .any(|e| e.to_string().contains("length limit"));
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
         if is_limit {
             too_large()
         } else {

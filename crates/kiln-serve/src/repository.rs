@@ -272,6 +272,15 @@ fn classify(path: &Path) -> Result<(ModelKind, PathBuf)> {
         if path.file_name().is_some_and(|n| n == MLMODEL_FILE) {
             return Ok((ModelKind::Python(PythonKind::Mlflow), parent()));
         }
+        // Files of other frameworks are named as such rather than handed to ONNX Runtime, whose
+        // protobuf error would not say what to do.
+        if let Some(extension) = path.extension().and_then(|e| e.to_str())
+            && NOT_ONNX.contains(&extension.to_ascii_lowercase().as_str())
+        {
+            return Err(Error::NotOnnx {
+                path: path.to_path_buf(),
+            });
+        }
         // Any other file is taken for ONNX (stored artifacts may have no extension); ONNX Runtime
         // rejects it with a clear error if it is not.
         return Ok((ModelKind::Onnx, path.to_path_buf()));
@@ -286,6 +295,24 @@ fn classify(path: &Path) -> Result<(ModelKind, PathBuf)> {
         path: path.to_path_buf(),
     })
 }
+
+/// Extensions of model and data files that are certainly not ONNX.
+const NOT_ONNX: &[&str] = &[
+    "pkl",
+    "pickle",
+    "joblib",
+    "pt",
+    "pth",
+    "h5",
+    "keras",
+    "safetensors",
+    "npy",
+    "npz",
+    "json",
+    "csv",
+    "txt",
+    "py",
+];
 
 /// The model's source files and its version file, if it has one: a version moved to the same
 /// content is a change too.

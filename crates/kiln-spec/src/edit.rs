@@ -5,7 +5,9 @@
 //! The parser gives the position where the scalar starts; its end is found by the rules of its
 //! style (plain, single- or double-quoted). Every edit is then checked by reading the new text
 //! back: every other value must be unchanged and the edited one must read as intended, so a
-//! mistake here is an error, never a damaged file.
+//! mistake here is an error, never a damaged file. Files with anchors, aliases and merge keys are
+//! read as everywhere else in Kiln; a value whose text is shared through them is refused, since
+//! rewriting it would change every key that shares it.
 
 use marked_yaml::Node;
 
@@ -32,6 +34,10 @@ pub enum EditError {
         value: String,
         why: &'static str,
     },
+    #[error(
+        "`{key}` shares its text with {others} (through an anchor, an alias or a merge key): setting it would change them too; write `{key}` out on its own in the file first"
+    )]
+    Shared { key: String, others: String },
     #[error(
         "setting `{key}` would not read back as intended ({detail}); the file was left as it is"
     )]
@@ -72,9 +78,13 @@ pub struct Edit {
 /// Sets the value at the dotted `key` (`train.C`, `layers.0`) of `text` to `value`.
 pub fn set_value(text: &str, key: &str, value: &Scalar, format: Format) -> Result<Edit, EditError> {
     let before = parse_flat(text).map_err(EditError::Parse)?;
-    let options = marked_yaml::LoaderOptions::default().prevent_coercion(true);
-    let root = marked_yaml::parse_yaml_with_options(0, text, options)
-        .map_err(|e| EditError::Parse(e.to_string()))?;
+    // The loader Kiln reads every YAML file with: anchors, aliases and merge keys included. A
+    // value that comes through an alias keeps the position of the text it was copied from.
+    let options = crate::yaml::Options {
+        duplicate_keys_are_errors: false,
+        quoted_is_text: true,
+    };
+    let root = crate::yaml::load(text, options).map_err(|e| EditError::Parse(e.to_string()))?;
     let parts: Vec<&str> = key.split('.').collect();
     let (node, in_flow) =
         find(text, &root, &parts, is_flow(text, &root)).ok_or(EditError::NotFound {
@@ -169,7 +179,16 @@ pub fn set_value(text: &str, key: &str, value: &Scalar, format: Format) -> Resul
     let mut expected = before;
     expected.insert(key.to_string(), written.clone());
     if expected != after {
-        return Err(check("other values would change".to_string()));
+        let changed: Vec<String> = after
+            .iter()
+            .filter(|(k, v)| expected.get(*k) != Some(*v))
+            .map(|(k, _)| format!("`{k}`"))
+            .take(5)
+            .collect();
+        return Err(EditError::Shared {
+            key: key.to_string(),
+            others: changed.join(", "),
+        });
     }
     Ok(Edit {
         text: new_text,
@@ -570,5 +589,33 @@ mod tests {
             set(text, "name", Scalar::Text("thé".into())).unwrap(),
             "# paramètres: ünïcode\nname: thé # ☕\nC: 1\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod anchor_tests {
+    use super::*;
+
+    const ANCHORED: &str = "defaults: &d {lr: 0.1, depth: 2}\ntrain: {<<: *d, epochs: 3}\nfinetune: {<<: *d, lr: 0.01}\n";
+
+    #[test]
+    fn a_key_written_out_in_a_file_with_anchors_is_set() {
+        let edit = set_value(ANCHORED, "train.epochs", &Scalar::Int(10), Format::Yaml).unwrap();
+        assert_eq!(edit.text, ANCHORED.replace("epochs: 3", "epochs: 10"));
+        let edit = set_value(ANCHORED, "finetune.lr", &Scalar::Number(0.5), Format::Yaml).unwrap();
+        assert_eq!(edit.text, ANCHORED.replace("lr: 0.01", "lr: 0.5"));
+    }
+
+    #[test]
+    fn a_value_shared_through_an_anchor_is_refused_with_the_keys_it_shares() {
+        let error =
+            set_value(ANCHORED, "train.lr", &Scalar::Number(0.5), Format::Yaml).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            matches!(error, EditError::Shared { .. }) && text.contains("`defaults.lr`"),
+            "{text}"
+        );
+        let aliased = "same: &s 5\nother: *s\n";
+        assert!(set_value(aliased, "other", &Scalar::Int(6), Format::Yaml).is_err());
     }
 }

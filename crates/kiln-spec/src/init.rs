@@ -635,7 +635,7 @@ fn write_model(out: &mut String, root: &Path, model: &Found, shared: &Shared, mi
         let _ = writeln!(out, "        deps: {}", list(&deps));
         write_params(out, model, "evaluate");
         out.push_str(
-            "        # A JSON or YAML file of numbers: gates and `kiln models diff` read it.\n",
+            "        # A JSON or YAML file of numbers: gates and `kiln metrics diff` read it.\n",
         );
         let metrics: Vec<String> = if evaluate_metrics.is_empty() {
             vec!["metrics.json".to_string()]
@@ -653,7 +653,17 @@ fn write_model(out: &mut String, root: &Path, model: &Found, shared: &Shared, mi
     }
 
     out.push_str("    # What Kiln versions, registers and serves.\n");
-    let _ = writeln!(out, "    artifact: {}", yaml(&artifact));
+    if model.predict.is_some() || artifact.ends_with(".onnx") {
+        let _ = writeln!(out, "    artifact: {}", yaml(&artifact));
+    } else {
+        // A green run must be servable, and Kiln serves an ONNX file or a folder with
+        // predict.py: a pickle on its own would fail every run.
+        out.push_str(
+            "    # Kiln serves an ONNX file, or a folder with predict.py (and what it loads): add\n    \
+             # src/predict.py or export the model to ONNX, then declare what to serve.\n",
+        );
+        let _ = writeln!(out, "    # artifact: {}", yaml(&artifact));
+    }
     out.push_str(
         "    # Quality gates over the metrics: a model that fails one is not registered or deployed.\n    \
          # gates: [\"accuracy >= 0.9\", \"accuracy >= production.accuracy - 0.01\"]\n",
@@ -665,7 +675,7 @@ fn write_metrics(out: &mut String, dir: &RelPath, metrics: &[RelPath], evaluated
     if !metrics.is_empty() {
         let metrics: Vec<String> = metrics.iter().map(|p| relative_to(dir, p)).collect();
         out.push_str(
-            "        # The scores train.py writes: gates and `kiln models diff` read them.\n",
+            "        # The scores train.py writes: gates and `kiln metrics diff` read them.\n",
         );
         let _ = writeln!(out, "        metrics: {}", list(&metrics));
     } else if !evaluated {
@@ -929,6 +939,26 @@ mod tests {
         assert_eq!(paths(&prepare.outs), ["data/processed"]);
         assert_eq!(paths(&train.deps), ["train.py", "data/processed"]);
         assert_eq!(model.artifact.as_ref().unwrap().as_str(), "model.onnx");
+    }
+
+    #[test]
+    fn a_pickle_without_predict_py_is_not_declared_as_the_artifact() {
+        let root = tree(&["models/b/src/"]);
+        std::fs::write(
+            root.path().join("models/b/src/train.py"),
+            "import pickle\nfrom pathlib import Path\nOUT = Path(__file__).parent.parent\npickle.dump(model, open(OUT / 'artifacts/model.pkl', 'wb'))\n",
+        )
+        .unwrap();
+        let (text, project) = scaffold_and_parse(root.path());
+        assert!(
+            text.contains("    # artifact: artifacts/model.pkl"),
+            "{text}"
+        );
+        assert!(
+            text.contains("add\n    # src/predict.py or export the model to ONNX"),
+            "{text}"
+        );
+        assert_eq!(project.models[0].artifact, None);
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub const TEMPORARY_MARK: &str = ".kiln-tmp-";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Writes `contents` to `path` atomically and durably (see the module documentation). The
-/// file's permissions are those of a new file (the umask's), not the old file's.
+/// Writes `contents` to `path` atomically and durably (see the module documentation). A file
+/// that existed keeps its permissions; a new one gets the umask's.
 pub fn write(path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = parent_of(path);
     let temporary = temporary_beside(path);
@@ -26,6 +26,9 @@ pub fn write(path: &Path, contents: &[u8]) -> io::Result<()> {
             .write(true)
             .create_new(true)
             .open(&temporary)?;
+        if let Ok(existing) = fs::metadata(path) {
+            file.set_permissions(existing.permissions())?;
+        }
         file.write_all(contents)?;
         file.sync_all()?;
         drop(file);
@@ -101,6 +104,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["params.yaml"]);
+    }
+
+    #[test]
+    fn an_existing_file_keeps_its_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.sh");
+        write(&path, b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o750)).unwrap();
+        write(&path, b"#!/bin/sh\necho\n").unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o750
+        );
     }
 
     #[test]

@@ -28,10 +28,23 @@ pub(crate) fn load(root: &Path) -> Result<Project> {
             for diagnostic in &diagnostics {
                 errln!("{}\n", diagnostic.render(color));
             }
+            // Name the files the problems are in: a params file's mistake is not kiln.yaml's.
+            let mut files: Vec<String> = Vec::new();
+            for diagnostic in &diagnostics {
+                let path = diagnostic
+                    .location
+                    .as_ref()
+                    .map_or(file.as_path(), |l| l.file.path.as_path());
+                let shown = format!("`{}`", path.display());
+                if !files.contains(&shown) {
+                    files.push(shown);
+                }
+            }
             let n = diagnostics.len();
             errln!(
-                "error: `{}` has {n} problem{}",
-                file.display(),
+                "error: {} {} {n} problem{}",
+                files.join(" and "),
+                if files.len() == 1 { "has" } else { "have" },
                 if n == 1 { "" } else { "s" }
             );
             Err(CliError::Reported(exit::INVALID))
@@ -163,10 +176,17 @@ pub fn run(root: &Path, args: RunArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write the Markdown report `{}`", path.display()))?;
     }
     if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&report::run_json(&result))?
-        );
+        // The run is over and recorded: a reader that stopped reading must not turn its exit
+        // code into success (`kiln run --json | jq ...` in CI).
+        let text = serde_json::to_string_pretty(&report::run_json(&result))?;
+        let printed = (|| -> Result<()> {
+            outln!("{text}");
+            Ok(())
+        })();
+        match printed {
+            Ok(()) | Err(CliError::Closed(_)) => {}
+            Err(error) => return Err(error),
+        }
     }
     let runs: Vec<String> = result
         .models

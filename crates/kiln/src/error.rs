@@ -118,6 +118,7 @@ fn names_a_wrong_input(error: &kiln_pipeline::Error) -> bool {
     matches!(
         error,
         kiln_pipeline::Error::UnknownParam { .. }
+            | kiln_pipeline::Error::UndeclaredParam { .. }
             | kiln_pipeline::Error::UnknownModel { .. }
             | kiln_pipeline::Error::SetParam { .. }
     )

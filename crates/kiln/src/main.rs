@@ -77,8 +77,8 @@ enum Command {
     /// Serve models over HTTP: Open Inference Protocol v2 and MLflow scoring, metrics, hot swap.
     #[command(
         after_help = "MODEL is a model of this project as registered (`iris` is `iris@latest`;
-`iris@production` follows the alias, `iris@v3` is one version), an `.onnx` file, or a folder
-with `predict.py`.
+`iris@production` follows the alias, `iris@v3` is one version), an `.onnx` file, a folder with
+`predict.py`, or an MLflow model folder (with `MLmodel`).
 
 Examples:
   kiln serve iris

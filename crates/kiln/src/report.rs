@@ -239,7 +239,12 @@ pub fn run_json(result: &RunReport) -> Value {
                     "checks": s.checks,
                 })).collect::<Vec<_>>(),
                 "metrics": model.metrics.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-                "gates": model.gates.iter().map(|g| json!({"gate": g.text, "verdict": g.recorded_verdict(), "detail": g.detail()})).collect::<Vec<_>>(),
+                "gates": model.gates.iter().map(|g| json!({
+                    "gate": g.text,
+                    "verdict": g.recorded_verdict(),
+                    "values": g.values.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                    "detail": g.detail(),
+                })).collect::<Vec<_>>(),
                 "servable": model.servable,
                 "version": model.version.map(|v| v.version()),
             })

@@ -14,7 +14,7 @@ use crate::printer::errln;
 /// Serve models over HTTP.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Model to serve: a model of this project as registered (`iris` = `iris@latest`, `iris@production`, `iris@v3`; swapped when the alias moves), an `.onnx` file, or a directory with `predict.py` (served under its file or directory name).
+    /// Model to serve: a model of this project as registered (`iris` = `iris@latest`, `iris@production`, `iris@v3`; swapped when the alias moves), or an `.onnx` file, a directory with `predict.py`, or an MLflow model directory (with `MLmodel`), served under its file or directory name.
     #[arg(value_name = "MODEL|PATH")]
     pub path: Option<PathBuf>,
 
@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// How long a request may wait for others to join its batch, in milliseconds (0: only coalesce requests already queued).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub max_batch_delay_ms: u64,
+
+    /// Requests a model may have waiting; past it, 503 with `Retry-After`.
+    #[arg(long, default_value_t = 1024, value_name = "REQUESTS")]
+    pub max_queue: usize,
 
     /// `libonnxruntime.so` to use (default: the `onnxruntime` package of the model's python).
     #[arg(long, env = "ORT_DYLIB_PATH", value_name = "FILE")]
@@ -121,7 +125,7 @@ impl ServeArgs {
         config.batch = kiln_serve::BatchConfig {
             max_batch_size: self.max_batch_size.max(1),
             max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
-            ..kiln_serve::BatchConfig::default()
+            max_queue: self.max_queue.max(1),
         };
         config.ort_library = self.ort_lib.clone();
         config.python = self.python.clone();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use kiln_pipeline::python_env::PythonEnvironment;
 use kiln_pipeline::{
     Artifact, ArtifactCheck, Event, FailureKind, Observer, RunOptions, RunReport,
-    ServabilityFailure, Workspace,
+    ServabilityFailure, ServablePass, Workspace,
 };
 use kiln_registry::Status;
 use kiln_spec::{Model, Project};
@@ -28,7 +28,7 @@ impl ArtifactCheck for FakeCheck {
         model: &Model,
         artifact: &Artifact,
         _environment: Option<&PythonEnvironment>,
-    ) -> Result<String, ServabilityFailure> {
+    ) -> Result<ServablePass, ServabilityFailure> {
         let predict = artifact.path.join("predict.py");
         let text = std::fs::read_to_string(&predict).map_err(|e| ServabilityFailure {
             message: format!("cannot read `{}`: {e}", predict.display()),
@@ -41,7 +41,10 @@ impl ArtifactCheck for FakeCheck {
                 detail: Some("Traceback (most recent call last):\nValueError: bad input".into()),
             });
         }
-        Ok(format!("`{}` predicted 1 row", model.name))
+        Ok(ServablePass::new(format!(
+            "`{}` predicted 1 row",
+            model.name
+        )))
     }
 }
 

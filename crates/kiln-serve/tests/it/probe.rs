@@ -98,3 +98,18 @@ fn probe_an_empty_folder_names_what_was_expected() {
     );
     assert!(error.hint().is_some());
 }
+
+#[test]
+fn probe_a_pickle_says_it_is_not_onnx_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let pickle = dir.path().join("model.pkl");
+    std::fs::write(&pickle, b"\x80\x04not onnx").unwrap();
+    let error = kiln_serve::probe(config(&[("m", pickle)]), "m", None).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("model.pkl` is not an ONNX model"),
+        "{error}"
+    );
+    assert!(error.hint().unwrap().contains("predict.py"));
+}

@@ -178,6 +178,29 @@ fn bad_inputs_get_precise_4xx_errors() {
     let big = json!({"inputs": vec![[1.0, 2.0, 3.0, 4.0]; 500]});
     let (s, b) = server.post_json(invocations, &big);
     assert_error(s, &b, 413, "payload_too_large", &["4096 bytes"]);
+    // The same without a `Content-Length` (one chunk): the limit holds while the body is read. A raw
+    // socket, as the server answers before it has read the whole body.
+    {
+        use std::io::{Read, Write};
+        let body = serde_json::to_vec(&big).unwrap();
+        let mut socket = std::net::TcpStream::connect(server.addr).unwrap();
+        write!(
+            socket,
+            "POST {invocations} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
+            body.len()
+        )
+        .unwrap();
+        socket.write_all(&body).unwrap();
+        socket.write_all(b"\r\n0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = socket.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(
+            answer.contains("\"code\":\"payload_too_large\""),
+            "{answer}"
+        );
+    }
     // Bad JSON.
     let (s, b) = server.post_raw(
         invocations,

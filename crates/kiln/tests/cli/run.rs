@@ -850,3 +850,25 @@ fn a_failed_environment_build_names_its_log() {
     );
     assert!(!project.path("a.txt").exists());
 }
+
+#[test]
+fn set_refuses_a_param_no_stage_declares_and_writes_nothing() {
+    // The script reads params.yaml, but the stage does not declare it: with the value written,
+    // the stage would stay cached and the run would claim a value nothing trained with.
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      train: {cmd: 'cat params.yaml > seen.txt', outs: [seen.txt]}\n",
+    );
+    project.write("params.yaml", "train:\n  epochs: 3\n");
+    run_ok(&project, &[]);
+    for command in ["run", "status"] {
+        let output = project.kiln(&[command, "--set", "train.epochs=10"]);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{command}: {text}");
+        assert!(
+            text.contains("no stage of model `m` declares param `train.epochs`")
+                && text.contains("hint: add `params: [train]` to the stage that reads it"),
+            "{command}: {text}"
+        );
+        assert_eq!(project.read("params.yaml"), "train:\n  epochs: 3\n");
+    }
+}

@@ -108,6 +108,10 @@ fn runs_tell_failures_apart_and_speak_typed_json() {
     assert_eq!(report["failure"], json!("gate"));
     assert_eq!(report["models"][0]["failure"], json!("gate"));
     assert_eq!(report["models"][0]["gates"][0]["verdict"], json!("fail"));
+    assert_eq!(
+        report["models"][0]["gates"][0]["values"],
+        json!({"accuracy": 0.5})
+    );
 
     // 3: a data check fails.
     project.write("raw.csv", "x\n-1\n");
@@ -241,4 +245,21 @@ fn a_reader_that_closes_stdout_early_ends_kiln_quietly() {
         assert!(!text.contains("panicked"), "{args:?}: {text}");
         assert_eq!(output.status.code(), Some(0), "{args:?}: {text}");
     }
+}
+
+#[test]
+fn a_closed_stdout_keeps_the_exit_code_of_a_failed_run() {
+    let project =
+        TestProject::new("models:\n  m:\n    stages:\n      a: {cmd: 'exit 3', outs: [a.txt]}\n");
+    // As `kiln run --json | true` in CI: the reader is gone, the run's failure is not.
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .args(["run", "--json"])
+        .current_dir(project.root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
 }

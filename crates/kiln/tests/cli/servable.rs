@@ -44,7 +44,7 @@ fn a_model_that_answers_its_example_goes_green_and_is_published() {
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(
-        text.contains("servable check of `m` passed: loaded and predicted 2 example rows"),
+        text.contains("servable check of `m` passed: loaded and predicted 2 rows of `example.csv`"),
         "{text}"
     );
     assert!(project.path(".kiln/serving/m").exists());
@@ -95,6 +95,54 @@ fn an_example_that_does_not_fit_the_model_fails_the_run() {
     assert_eq!(output.status.code(), Some(5), "{text}");
     assert!(
         text.contains("the example for model `m` does not fit it"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_passed_check_is_remembered_for_the_same_artifact_example_and_environment() {
+    let project = python_model(SUMS);
+    assert_eq!(run(&project).status.code(), Some(0));
+    let again = run(&project);
+    let text = stderr(&again);
+    assert_eq!(again.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("(remembered: same artifact, example and environment)"),
+        "{text}"
+    );
+    // A new example is a new check.
+    project.write("example.csv", "a,b\n5,6\n");
+    let text = stderr(&run(&project));
+    assert!(!text.contains("remembered"), "{text}");
+}
+
+#[test]
+fn a_model_with_nothing_to_predict_on_is_loaded_and_the_run_warns() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      package: {cmd: 'mkdir -p model && cp predict.py model/', deps: [predict.py], outs: [model]}\n    artifact: model\n",
+    );
+    project.write("predict.py", "def predict(inputs):\n    return inputs\n");
+    let output = run(&project);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("warning: the servable check of `m` only loaded the model")
+            && text.contains("declare `example:`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn without_example_the_rows_come_from_the_csv_a_stage_writes() {
+    let project = TestProject::new(
+        "models:\n  m:\n    stages:\n      prepare: {cmd: 'mkdir -p data && printf \"a,b,label\\n1,2,x\\n\" > data/train.csv', outs: [data]}\n      package: {cmd: 'mkdir -p model && cp predict.py model/', deps: [predict.py, data], outs: [model]}\n    artifact: model\n",
+    );
+    project.write("predict.py", SUMS);
+    let output = run(&project);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("loaded and predicted 1 row of `data/train.csv`"),
         "{text}"
     );
 }
