@@ -67,6 +67,7 @@ impl ServableCheck {
             vec![ModelConfig {
                 name: model.name.clone(),
                 path: artifact.path.clone(),
+                version_file: None,
             }],
         );
         config.python = python.clone();

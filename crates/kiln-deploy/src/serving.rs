@@ -1,11 +1,12 @@
-//! Serving a project's model: the artifact of its latest green run (published under
-//! `.kiln/serving/<model>`, so later green runs swap in), its Python environment, ONNX Runtime.
-//! `kiln serve MODEL` calls [`prepare`]; so will a long-running supervisor.
+//! Serving a project's model: the registered version a reference names (`iris@production`,
+//! `iris@v3`; `iris` is `iris@latest`), published under `.kiln/serving/<model>@<alias>` so that
+//! a server swaps versions when the alias moves; its Python environment; ONNX Runtime.
+//! `kiln serve MODEL[@ALIAS]` calls [`prepare`]; so will a long-running supervisor.
 
 use std::path::PathBuf;
 
 use kiln_pipeline::python_env::{EnvOptions, ensure_env};
-use kiln_pipeline::{Artifact, Workspace};
+use kiln_pipeline::{Artifact, ModelRef, Version, Workspace};
 use kiln_spec::Project;
 
 use crate::Error;
@@ -15,25 +16,35 @@ use crate::runtime::{find_onnx_runtime, needs_onnx_runtime};
 #[derive(Debug, Clone)]
 pub struct ServedModel {
     pub name: String,
+    /// The registry version served now.
+    pub version: Version,
     /// The run and content the model comes from.
     pub artifact: Artifact,
-    /// The path to serve: stable from run to run (`.kiln/serving/<model>/…`).
+    /// The path to serve: stable while the alias moves (`.kiln/serving/<model>@<alias>/…`).
     pub path: PathBuf,
+    /// The file holding the version the path holds now (for the server's version numbers).
+    pub version_file: PathBuf,
     /// The interpreter of the model's environment, for `predict.py` workers.
     pub python: Option<PathBuf>,
     /// `libonnxruntime.so`, when the artifact is an ONNX model.
     pub onnx_runtime: Option<PathBuf>,
 }
 
-/// Publishes the model's latest green artifact for serving and prepares what serving it takes.
+/// Publishes the version `reference` names for serving and prepares what serving it takes.
 /// `progress` receives a line per slow step (building the environment, installing ONNX Runtime).
 pub fn prepare(
     workspace: &Workspace,
     project: &Project,
-    name: &str,
+    reference: &ModelRef,
     progress: &mut dyn FnMut(&str),
 ) -> Result<ServedModel, Error> {
-    let (artifact, path) = kiln_pipeline::publish(workspace, project, name)?;
+    let name = reference.model.as_str();
+    let kiln_pipeline::PublishedVersion {
+        version,
+        artifact,
+        path,
+        version_file,
+    } = kiln_pipeline::publish_version(workspace, project, reference)?;
     let python = match project.model(name).and_then(|m| m.python.as_ref()) {
         Some(python) => {
             let options = EnvOptions::from_env()?;
@@ -49,8 +60,10 @@ pub fn prepare(
     };
     Ok(ServedModel {
         name: name.to_string(),
+        version,
         artifact,
         path,
+        version_file,
         python,
         onnx_runtime,
     })

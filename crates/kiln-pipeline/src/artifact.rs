@@ -1,9 +1,11 @@
-//! A model's artifact as its latest green run produced it, taken from the store (not from the
-//! workspace, which may have changed since) and laid out under `.kiln/artifacts/` for serving.
+//! A model's artifact as its latest green run (or a registered version) produced it, taken from
+//! the store (not from the workspace, which may have changed since) and laid out under
+//! `.kiln/artifacts/` for serving; `.kiln/serving/` holds a link per served name
+//! (`<model>`, `<model>@<alias>`, `<model>@v<N>`) that is moved atomically.
 
 use std::path::PathBuf;
 
-use kiln_registry::{OutKind, RunId, StageOut, Status};
+use kiln_registry::{ModelRef, OutKind, RunId, Selector, StageOut, Status, Version};
 use kiln_spec::{Model, Project, RelPath};
 use kiln_store::Digest;
 
@@ -187,32 +189,159 @@ fn materialise(
 
 /// Points `.kiln/serving/<model>` at the artifact of the model's latest green run and returns
 /// the path to serve, which stays the same from run to run: a server watching it sees each new
-/// green run and swaps the model in. The switch is atomic (a new symbolic link renamed over the
-/// old one), so a server never sees half an artifact.
+/// green run and swaps the model in.
 pub fn publish(
     workspace: &Workspace,
     project: &Project,
     model: &str,
 ) -> Result<(Artifact, PathBuf), Error> {
     let artifact = latest_artifact(workspace, project, model)?;
+    let target = PathBuf::from("../artifacts").join(artifact.digest.to_hex());
+    let link = link_for_serving(workspace, model, &target)?;
+    let path = link.join(file_name(&artifact));
+    Ok((artifact, path))
+}
+
+/// A registered version laid out for serving.
+#[derive(Debug, Clone)]
+pub struct PublishedVersion {
+    pub version: Version,
+    pub artifact: Artifact,
+    /// The path to serve (`.kiln/serving/<model>@<alias>/<artifact name>`): the same while the
+    /// alias moves.
+    pub path: PathBuf,
+    /// A file holding the version number the path holds now, for the server to report.
+    pub version_file: PathBuf,
+}
+
+/// The artifact of the registered version `reference` names, as its run recorded it.
+pub fn version_artifact(
+    workspace: &Workspace,
+    project: &Project,
+    reference: &ModelRef,
+) -> Result<(Version, Artifact), Error> {
+    let declared = project
+        .model(&reference.model)
+        .ok_or_else(|| Error::unknown_model(project, &reference.model))?;
+    declared_artifact(project, declared)?;
+    let version = workspace.registry.resolve(reference)?;
+    let registered = workspace
+        .registry
+        .model_version(&reference.model, version)?;
+    let run = workspace.registry.run(registered.lineage.run_id)?;
+    let artifact = run_artifact(
+        workspace,
+        project,
+        declared,
+        run.run.id,
+        run.stages.iter().flat_map(|stage| &stage.outs),
+    )?;
+    Ok((version, artifact))
+}
+
+/// Points `.kiln/serving/<model>@<alias>` (or `@v<N>`) at the version `reference` names. The
+/// link names `.kiln/versions/<model>/<N>/` (the artifact, linked, and a `VERSION` file), and is
+/// replaced atomically when the alias moves: a server watching the path swaps versions and
+/// reads the new number.
+pub fn publish_version(
+    workspace: &Workspace,
+    project: &Project,
+    reference: &ModelRef,
+) -> Result<PublishedVersion, Error> {
+    let (version, artifact) = version_artifact(workspace, project, reference)?;
+    version_folder(workspace, &reference.model, version, &artifact)?;
+    let target = PathBuf::from("../versions")
+        .join(&reference.model)
+        .join(version.to_string());
+    let link = link_for_serving(workspace, &reference.to_string(), &target)?;
+    Ok(PublishedVersion {
+        version,
+        path: link.join(file_name(&artifact)),
+        version_file: link.join("VERSION"),
+        artifact,
+    })
+}
+
+/// [`publish_version`] for an alias.
+pub fn publish_alias(
+    workspace: &Workspace,
+    project: &Project,
+    model: &str,
+    alias: &str,
+) -> Result<PublishedVersion, Error> {
+    let reference = ModelRef {
+        model: model.to_string(),
+        selector: Selector::Alias(alias.to_string()),
+    };
+    publish_version(workspace, project, &reference)
+}
+
+/// The artifact's file or folder name.
+fn file_name(artifact: &Artifact) -> PathBuf {
+    artifact
+        .path
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// `.kiln/versions/<model>/<version>/`: a link to the artifact and a `VERSION` file. A version
+/// never changes, so a folder that is there is complete: it is built aside and renamed in.
+fn version_folder(
+    workspace: &Workspace,
+    model: &str,
+    version: Version,
+    artifact: &Artifact,
+) -> Result<(), Error> {
+    let parent = workspace.state_dir.join("versions").join(model);
+    let folder = parent.join(version.to_string());
+    if folder.is_dir() {
+        return Ok(());
+    }
+    let building = parent.join(format!(".{version}.{}", std::process::id()));
+    // Left by a crash of this pid, usually nothing; the writes below say if it stays.
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir_all(&building).map_err(|source| Error::io("create", &building, source))?;
+    let name = file_name(artifact);
+    let target = PathBuf::from("../../../artifacts")
+        .join(artifact.digest.to_hex())
+        .join(&name);
+    let link = building.join(&name);
+    std::os::unix::fs::symlink(&target, &link)
+        .map_err(|source| Error::io("link", &link, source))?;
+    let file = building.join("VERSION");
+    kiln_store::atomic::write(&file, format!("{version}\n").as_bytes())
+        .map_err(|source| Error::io("write", &file, source))?;
+    if let Err(source) = std::fs::rename(&building, &folder) {
+        let _ = std::fs::remove_dir_all(&building);
+        // Another process laid out the same version first.
+        if !folder.is_dir() {
+            return Err(Error::io("publish", &folder, source));
+        }
+    }
+    Ok(())
+}
+
+/// Points `.kiln/serving/<name>` at `target` (relative to `.kiln/serving/`) and returns the
+/// link. The switch is atomic (a new symbolic link renamed over the old one), so a server never
+/// sees half an artifact.
+fn link_for_serving(
+    workspace: &Workspace,
+    name: &str,
+    target: &std::path::Path,
+) -> Result<PathBuf, Error> {
     let serving = workspace.state_dir.join("serving");
     std::fs::create_dir_all(&serving).map_err(|source| Error::io("create", &serving, source))?;
-    let link = serving.join(model);
-    let target = PathBuf::from("../artifacts").join(artifact.digest.to_hex());
-    if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
-        let temporary = serving.join(format!(".{model}.{}", std::process::id()));
+    let link = serving.join(name);
+    if std::fs::read_link(&link).ok().as_deref() != Some(target) {
+        let temporary = serving.join(format!(".{name}.{}", std::process::id()));
         // A link left by a crash of this pid, usually none; `symlink` below says if it stays.
         let _ = std::fs::remove_file(&temporary);
-        std::os::unix::fs::symlink(&target, &temporary)
+        std::os::unix::fs::symlink(target, &temporary)
             .map_err(|source| Error::io("link", &temporary, source))?;
         std::fs::rename(&temporary, &link).map_err(|source| Error::io("publish", &link, source))?;
         kiln_store::atomic::sync_dir(&serving)
             .map_err(|source| Error::io("publish", &link, source))?;
     }
-    let name = artifact
-        .path
-        .file_name()
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    Ok((artifact, link.join(name)))
+    Ok(link)
 }

@@ -24,7 +24,11 @@ use std::path::{Path, PathBuf};
 use kiln_registry::RunId;
 use kiln_spec::RelPath;
 
-pub use artifact::{Artifact, latest_artifact, publish};
+pub use artifact::{
+    Artifact, PublishedVersion, latest_artifact, publish, publish_alias, publish_version,
+    version_artifact,
+};
+pub use kiln_registry::{ModelRef, Selector, Version};
 pub use params::{Override, ParamWrite};
 pub use run::{
     ArtifactCheck, Event, FailureKind, Observer, Outcome, RunOptions, RunReport,

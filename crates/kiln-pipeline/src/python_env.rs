@@ -261,6 +261,50 @@ impl PythonEnvError {
     }
 }
 
+/// The exact packages installed in `environment`, as `name==version` lines sorted by name: what
+/// `pip freeze` would say, read from the `*.dist-info` folders of its `site-packages` without
+/// starting Python (names as the folders spell them: lowercase, `_` for `-`).
+pub fn installed_packages(environment: &PythonEnvironment) -> Result<Vec<String>, PythonEnvError> {
+    let mut packages = Vec::new();
+    for site_packages in site_packages_dirs(&environment.root)? {
+        let entries = fs::read_dir(&site_packages).map_err(io_error("read", &site_packages))?;
+        for entry in entries {
+            let entry = entry.map_err(io_error("read", &site_packages))?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".dist-info")) else {
+                continue;
+            };
+            if let Some((package, version)) = stem.split_once('-') {
+                packages.push(format!(
+                    "{}=={version}",
+                    package.to_ascii_lowercase().replace('-', "_")
+                ));
+            }
+        }
+    }
+    packages.sort();
+    packages.dedup();
+    Ok(packages)
+}
+
+/// `lib/python3.X/site-packages` (POSIX) or `Lib/site-packages` (Windows) under a virtualenv.
+fn site_packages_dirs(root: &Path) -> Result<Vec<PathBuf>, PythonEnvError> {
+    let windows = root.join("Lib").join("site-packages");
+    if windows.is_dir() {
+        return Ok(vec![windows]);
+    }
+    let lib = root.join("lib");
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(&lib).map_err(io_error("read", &lib))? {
+        let entry = entry.map_err(io_error("read", &lib))?;
+        let candidate = entry.path().join("site-packages");
+        if candidate.is_dir() {
+            dirs.push(candidate);
+        }
+    }
+    Ok(dirs)
+}
+
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PythonEnvError {
     let path = path.to_path_buf();
     move |source| PythonEnvError::Io {
@@ -754,6 +798,39 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
+
+    #[test]
+    fn installed_packages_are_read_from_the_dist_info_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("lib/python3.11/site-packages");
+        for folder in [
+            "scikit_learn-1.5.0.dist-info",
+            "numpy-2.1.3.dist-info",
+            "numpy",
+            "pip-24.0.dist-info",
+        ] {
+            fs::create_dir_all(site.join(folder)).unwrap();
+        }
+        let environment = PythonEnvironment::at(dir.path().to_path_buf(), "k".into(), false);
+        assert_eq!(
+            installed_packages(&environment).unwrap(),
+            ["numpy==2.1.3", "pip==24.0", "scikit_learn==1.5.0"]
+        );
+        // The test environment, a real virtualenv, when there is one.
+        if let Some(venv) = std::env::var_os("KILN_TEST_VENV").filter(|v| !v.is_empty()) {
+            let real = PythonEnvironment::at(PathBuf::from(venv), "k".into(), false);
+            let packages = installed_packages(&real).unwrap();
+            assert!(
+                packages.iter().any(|p| p.starts_with("scikit_learn==")),
+                "{packages:?}"
+            );
+        }
+        let missing = PythonEnvironment::at(dir.path().join("nope"), "k".into(), false);
+        assert!(matches!(
+            installed_packages(&missing),
+            Err(PythonEnvError::Io { .. })
+        ));
+    }
 
     #[test]
     fn key_is_stable_across_releases() {

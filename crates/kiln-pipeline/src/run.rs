@@ -1,7 +1,8 @@
 //! Running a pipeline, in named steps: [`plan`] the stages as a DAG, [`start_runs`] in the
 //! registry, [`prepare_environments`], [`schedule`] the stages (independent ones in parallel;
 //! each skipped, restored or run), [`judge`] each model (metrics, gates, the servable check),
-//! [`record`] the run, and [`publish`] green artifacts for serving.
+//! [`record`] the run, and [`publish`] green artifacts: registered as the model's next version
+//! (with their lineage) and laid out for serving.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 
 pub use kiln_registry::FailureKind;
 use kiln_registry::{
-    CheckResult, GateResult, NewRun, Registry, RunId, RunOutcome, ServableResult, StageOut,
-    StageOutcome, StageResult, Status,
+    CheckResult, GateResult, Lineage, NewRun, Registered, Registry, RunId, RunOutcome,
+    ServableResult, ServableSummary, StageOut, StageOutcome, StageResult, Status,
 };
 use kiln_spec::values::FlatValues;
 use kiln_spec::{Model, Project, RelPath, StageId};
@@ -201,6 +202,8 @@ pub struct StageReport {
     pub checks: Vec<CheckResult>,
     /// What the outs held when the stage succeeded (ran, cached or restored).
     pub outs: Vec<StageOut>,
+    /// Each dep with the digest the stage saw (`None`: it did not exist), when it succeeded.
+    pub deps: Vec<(String, Option<String>)>,
     /// Things the user should know that did not fail the stage.
     pub warnings: Vec<String>,
 }
@@ -215,6 +218,7 @@ impl StageReport {
             key: None,
             checks: Vec::new(),
             outs: Vec::new(),
+            deps: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -237,6 +241,8 @@ pub struct ModelReport {
     pub gates: Vec<GateReport>,
     /// The servable check, when it ran (a model with an artifact whose gates passed).
     pub servable: Option<ServableResult>,
+    /// The registry version the run's artifact became (or already was), when it is green.
+    pub version: Option<Registered>,
     /// Things that went wrong without failing a stage (an unreadable metrics file, an out that
     /// could not be restored and was rebuilt), for the user to see.
     pub warnings: Vec<String>,
@@ -363,7 +369,16 @@ pub fn run(
         record(workspace, project, &report, &git)?;
         reports.push(report);
     }
-    publish(workspace, project, &mut reports);
+    publish(
+        workspace,
+        project,
+        &Published {
+            plan: &plan,
+            environments: &environments,
+            git: &git,
+        },
+        &mut reports,
+    );
     Ok(RunReport {
         failure: reports.iter().filter_map(|r| r.failure).min(),
         models: reports,
@@ -494,6 +509,7 @@ fn end_before_stages(
             previous: None,
             gates: Vec::new(),
             servable: None,
+            version: None,
             warnings: Vec::new(),
         });
     }
@@ -582,7 +598,8 @@ fn judge(
                 Some(id) => Some(registry.metrics(id)?),
                 None => None,
             };
-        evaluate_gates(model, &metrics, previous_green.as_ref())
+        let aliased = aliased_metrics(registry, model)?;
+        evaluate_gates(model, &metrics, previous_green.as_ref(), &aliased)
     } else {
         Vec::new()
     };
@@ -637,6 +654,7 @@ fn judge(
         previous,
         gates,
         servable,
+        version: None,
         warnings,
     })
 }
@@ -750,23 +768,133 @@ fn record(
     Ok(())
 }
 
-/// A served model follows its latest green run. The run is recorded by now: a failure here is
-/// a warning, not a lost report.
-fn publish(workspace: &Workspace, project: &Project, reports: &mut [ModelReport]) {
+/// What the publish step needs besides the reports.
+struct Published<'r> {
+    plan: &'r Plan<'r>,
+    environments: &'r HashMap<String, PythonEnvironment>,
+    git: &'r (Option<String>, bool),
+}
+
+/// A green run's artifact becomes the model's next version in the registry (moving `latest`),
+/// and a served model follows it (`.kiln/serving/<model>` and `.kiln/serving/<model>@latest`).
+/// The run is recorded by now: a failure here is a warning, not a lost report.
+fn publish(
+    workspace: &mut Workspace,
+    project: &Project,
+    published: &Published<'_>,
+    reports: &mut [ModelReport],
+) {
     for report in reports {
-        let has_artifact = project
-            .model(&report.model)
-            .is_some_and(|m| m.artifact.is_some());
-        if report.status == Status::Succeeded
-            && has_artifact
-            && let Err(error) = crate::artifact::publish(workspace, project, &report.model)
-        {
+        let Some(model) = project.model(&report.model) else {
+            continue;
+        };
+        if report.status != Status::Succeeded || model.artifact.is_none() {
+            continue;
+        }
+        if let Err(error) = crate::artifact::publish(workspace, project, &report.model) {
             report.warnings.push(format!(
                 "could not publish the artifact for serving: {}",
                 error_chain(&error)
             ));
         }
+        match register(workspace, project, model, published, report) {
+            Ok(registered) => {
+                report.version = Some(registered);
+                if let Err(error) = crate::artifact::publish_alias(
+                    workspace,
+                    project,
+                    &report.model,
+                    kiln_registry::LATEST,
+                ) {
+                    report.warnings.push(format!(
+                        "could not publish `{}@latest` for serving: {}",
+                        report.model,
+                        error_chain(&error)
+                    ));
+                }
+            }
+            Err(error) => report.warnings.push(format!(
+                "could not register the artifact as a version of `{}`: {}",
+                report.model,
+                error_chain(&error)
+            )),
+        }
     }
+}
+
+/// Registers a green run's artifact, already in the store, with its lineage.
+fn register(
+    workspace: &mut Workspace,
+    project: &Project,
+    model: &Model,
+    published: &Published<'_>,
+    report: &ModelReport,
+) -> Result<Registered, Error> {
+    let artifact = run_artifact(
+        workspace,
+        project,
+        model,
+        report.run_id,
+        report.stages.iter().flat_map(|s| &s.outs),
+    )?;
+    let environment = match published.environments.get(&model.name) {
+        Some(environment) => Some(crate::python_env::installed_packages(environment)?),
+        None => None,
+    };
+    let lineage = Lineage {
+        run_id: report.run_id,
+        commit: published.git.0.clone(),
+        dirty: published.git.1,
+        params: flat_json(&published.plan.params[&model.name]),
+        metrics: report.metrics.clone(),
+        deps: report
+            .stages
+            .iter()
+            .flat_map(|s| s.deps.iter().cloned())
+            .collect(),
+        environment,
+        servable: report.servable.as_ref().map(|s| ServableSummary {
+            passed: s.passed,
+            message: s.message.clone(),
+        }),
+    };
+    Ok(workspace
+        .registry
+        .register_version(&model.name, &artifact.digest.to_hex(), &lineage)?)
+}
+
+/// The metrics of the versions a gate may compare with (`production.NAME`, `staging.NAME`):
+/// each alias the model's gates name, with the version it holds, if any.
+fn aliased_metrics(
+    registry: &Registry,
+    model: &Model,
+) -> Result<HashMap<String, Option<crate::gates::AliasedVersion>>, Error> {
+    let mut aliased = HashMap::new();
+    for gate in &model.gates {
+        for name in gate.expr.names() {
+            let Some((alias, _)) = name.split_once('.') else {
+                continue;
+            };
+            if alias == "previous"
+                || !kiln_spec::gate::is_reference(name)
+                || aliased.contains_key(alias)
+            {
+                continue;
+            }
+            let held = match registry.alias_version(&model.name, alias)? {
+                Some(version) => Some(crate::gates::AliasedVersion {
+                    version,
+                    metrics: registry
+                        .model_version(&model.name, version)?
+                        .lineage
+                        .metrics,
+                }),
+                None => None,
+            };
+            aliased.insert(alias.to_string(), held);
+        }
+    }
+    Ok(aliased)
 }
 
 /// The overrides a model's run took, as recorded with the run: typed values by dotted key.
@@ -903,6 +1031,13 @@ fn schedule(
                 Ok((report, inputs)) => {
                     running -= 1;
                     let mut report = report;
+                    if let (Some(inputs), true) = (&inputs, report.outcome.succeeded()) {
+                        report.deps = inputs
+                            .deps
+                            .iter()
+                            .map(|(path, digest)| (path.to_string(), digest.map(|d| d.to_hex())))
+                            .collect();
+                    }
                     if let (Some(inputs), Some(key), true) =
                         (&inputs, report.key, report.outcome.succeeded())
                         && let Err(error) = registry.set_stage_state(

@@ -9,6 +9,7 @@
 //! its type is an [`Error::Corrupt`], never skipped.
 
 mod migrations;
+mod models;
 mod types;
 
 use std::collections::HashMap;
@@ -20,6 +21,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use migrations::SCHEMA_VERSION;
+pub use models::{
+    AliasCommand, AliasMove, LATEST, Lineage, ModelRef, ModelSummary, ModelVersion, MoveBy,
+    Registered, Selector, ServableSummary, Version, lineage_key, validate_alias,
+};
 pub use types::{
     CheckResult, CheckRule, FailureKind, GateResult, GateVerdict, OutKind, RunId, ServableResult,
     StageOut, StageOutcome, StageResult, Status,
@@ -49,6 +54,18 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("no version of model `{0}` is registered")]
+    NoSuchModel(String),
+    #[error("model `{model}` has no version {version}")]
+    NoSuchVersion { model: String, version: i64 },
+    #[error("no version of model `{model}` is in `{alias}`")]
+    AliasUnset { model: String, alias: String },
+    #[error("`{alias}` cannot be an alias: {reason}")]
+    BadAlias { alias: String, reason: String },
+    #[error("`{text}` is not a model reference: {reason}")]
+    BadModelRef { text: String, reason: String },
+    #[error("alias `{alias}` of model `{model}` named no version before this one")]
+    NothingToRollBack { model: String, alias: String },
     #[error("row {row} of table `{table}` in the run database is unreadable: {reason}")]
     Corrupt {
         table: &'static str,
@@ -64,6 +81,16 @@ impl Error {
             Error::NewerSchema { .. } => {
                 Some("use the Kiln that wrote it, or a newer one".to_string())
             }
+            Error::NoSuchModel(model) => Some(format!(
+                "a green `kiln run {model}` registers its first version; `kiln models list` shows the registered models"
+            )),
+            Error::NoSuchVersion { model, .. } | Error::AliasUnset { model, .. } => Some(format!(
+                "`kiln models history {model}` shows its versions and aliases"
+            )),
+            Error::BadModelRef { .. } => Some(
+                "write `MODEL`, `MODEL@vN` or `MODEL@ALIAS`, e.g. `iris@v3`, `iris@production`"
+                    .to_string(),
+            ),
             Error::Corrupt { .. } => Some(
                 "the run history under `.kiln/kiln.db` was changed outside Kiln; \
                  move it away to start a new history"
@@ -347,7 +374,11 @@ impl Registry {
             gates,
             servable,
         } = *outcome;
-        let transaction = self.connection.transaction()?;
+        // Immediate: the transaction reads before it writes, and a deferred one would fail at
+        // once (not wait) if another process wrote in between, e.g. registering a version.
+        let transaction = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let started: i64 = transaction
             .query_row(
                 "SELECT started_at_ms FROM runs WHERE id = ?1",

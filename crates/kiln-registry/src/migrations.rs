@@ -19,6 +19,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_typed_rows",
         include_str!("../migrations/0002_typed_rows.sql"),
     ),
+    (
+        "0003_model_versions",
+        include_str!("../migrations/0003_model_versions.sql"),
+    ),
 ];
 
 /// The schema version this Kiln writes.

@@ -21,6 +21,9 @@ pub struct ModelConfig {
     pub name: String,
     /// An `.onnx` file, or a directory with a `predict.py`.
     pub path: PathBuf,
+    /// A file holding the version being served (e.g. `3`, a registry version), read at each
+    /// load and watched with the model; without one, versions count loads (`1`, `2`, ...).
+    pub version_file: Option<PathBuf>,
 }
 
 impl ModelConfig {
@@ -37,6 +40,7 @@ impl ModelConfig {
         ModelConfig {
             name,
             path: path.to_path_buf(),
+            version_file: None,
         }
     }
 
@@ -47,6 +51,7 @@ impl ModelConfig {
                 Ok(ModelConfig {
                     name: name.to_string(),
                     path: PathBuf::from(path),
+                    version_file: None,
                 })
             }
             _ => Err(Error::InvalidModelSpec {

@@ -1,8 +1,8 @@
 //! Every Prometheus metric the server exports, declared here and nowhere else.
 //!
 //! Names carry their unit (`_seconds`, `_bytes`); labels are bounded: model names come from the server's
-//! configuration (requests for unknown models are counted under `model=""`), versions are load counters,
-//! statuses are HTTP status codes.
+//! configuration (requests for unknown models are counted under `model=""`), versions are the registry's
+//! version numbers (`ModelConfig::version_file`) or else load counters, statuses are HTTP status codes.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;

@@ -119,7 +119,7 @@ impl Repository {
         })?;
         let mut last_seen = entry.load_lock.lock().await;
         let started = Instant::now();
-        *last_seen = fingerprint(&entry.config.path);
+        *last_seen = fingerprint(&entry.config);
         match self.build(entry).await {
             Ok(model) => {
                 let model = Arc::new(model);
@@ -193,7 +193,14 @@ impl Repository {
             }
         };
         let engine = Arc::new(engine);
-        let version = (entry.loads.fetch_add(1, Ordering::SeqCst) + 1).to_string();
+        let loads = entry.loads.fetch_add(1, Ordering::SeqCst) + 1;
+        let version = config
+            .version_file
+            .as_ref()
+            .and_then(|file| std::fs::read_to_string(file).ok())
+            .map(|text| text.trim().to_string())
+            .filter(|text| !text.is_empty())
+            .unwrap_or_else(|| loads.to_string());
         let metrics = self.metrics.for_model(&config.name, &version);
         let batcher = Batcher::start(
             &config.name,
@@ -220,8 +227,8 @@ impl Repository {
                 if entry.current.load().is_none() {
                     continue;
                 }
-                let path = entry.config.path.clone();
-                let now = tokio::task::spawn_blocking(move || fingerprint(&path))
+                let config = entry.config.clone();
+                let now = tokio::task::spawn_blocking(move || fingerprint(&config))
                     .await
                     .ok()
                     .flatten();
@@ -307,7 +314,19 @@ const NOT_ONNX: &[&str] = &[
     "py",
 ];
 
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
+/// The model's source files and its version file, if it has one: a version moved to the same
+/// content is a change too.
+fn fingerprint(config: &ModelConfig) -> Option<Fingerprint> {
+    let mut files = source_fingerprint(&config.path)?;
+    if let Some(file) = &config.version_file
+        && let Ok(metadata) = std::fs::metadata(file)
+    {
+        files.push((file.clone(), metadata.len(), metadata.modified().ok()));
+    }
+    Some(files)
+}
+
+fn source_fingerprint(path: &Path) -> Option<Fingerprint> {
     let stamp = |p: &Path| {
         std::fs::metadata(p)
             .ok()

@@ -146,6 +146,16 @@ pub fn run(root: &Path, args: RunArgs) -> Result<ExitCode> {
         if !model.gates.is_empty() {
             errln!("\n{}", report::gate_table(model));
         }
+        match model.version {
+            Some(kiln_registry::Registered::New(version)) => {
+                errln!("registered `{}` v{version} (now `latest`)", model.model)
+            }
+            Some(kiln_registry::Registered::Existing(version)) => errln!(
+                "`{}` v{version} already holds this artifact with this lineage: nothing new to register",
+                model.model
+            ),
+            None => {}
+        }
         if let Some(servable) = model.servable.as_ref().filter(|s| !s.passed) {
             errln!(
                 "\nerror: the artifact of `{}` could not be served: {}",

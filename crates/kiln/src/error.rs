@@ -85,6 +85,11 @@ impl CliError {
             {
                 exit::INVALID
             }
+            CliError::Registry(error)
+            | CliError::Pipeline(kiln_pipeline::Error::Registry(error))
+            | CliError::Deploy(kiln_deploy::Error::Pipeline(kiln_pipeline::Error::Registry(
+                error,
+            ))) if names_a_wrong_version(error) => exit::INVALID,
             _ => exit::STAGE_FAILED,
         }
     }
@@ -116,5 +121,19 @@ fn names_a_wrong_input(error: &kiln_pipeline::Error) -> bool {
             | kiln_pipeline::Error::UndeclaredParam { .. }
             | kiln_pipeline::Error::UnknownModel { .. }
             | kiln_pipeline::Error::SetParam { .. }
+    )
+}
+
+/// A registry error caused by a model, version or alias the user named that does not exist or
+/// cannot be.
+fn names_a_wrong_version(error: &kiln_registry::Error) -> bool {
+    matches!(
+        error,
+        kiln_registry::Error::NoSuchModel(_)
+            | kiln_registry::Error::NoSuchVersion { .. }
+            | kiln_registry::Error::AliasUnset { .. }
+            | kiln_registry::Error::BadAlias { .. }
+            | kiln_registry::Error::BadModelRef { .. }
+            | kiln_registry::Error::NothingToRollBack { .. }
     )
 }

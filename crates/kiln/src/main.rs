@@ -8,6 +8,7 @@ mod error;
 mod exit;
 mod files;
 mod init_cmd;
+mod models_cmd;
 mod printer;
 mod report;
 mod serve_cmd;
@@ -67,13 +68,21 @@ enum Command {
     /// Compare metrics between runs.
     #[command(subcommand)]
     Metrics(commands::MetricsCommand),
+    /// The model registry: versions with their lineage, aliases, and the history of alias moves.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kiln models list\n  kiln models show iris@production --json\n  kiln models diff iris@v2 iris@v3\n  kiln models alias iris@v3 staging --reason \"beats v2 on the holdout\"\n  kiln models promote iris --from staging --to production\n  kiln models rollback iris production\n  kiln models history iris"
+    )]
+    Models(models_cmd::ModelsCommand),
     /// Serve models over HTTP: Open Inference Protocol v2 and MLflow scoring, metrics, hot swap.
     #[command(
-        after_help = "MODEL is a model of this project (its latest green run's artifact), an `.onnx`
-file, a folder with `predict.py`, or an MLflow model folder (with `MLmodel`).
+        after_help = "MODEL is a model of this project as registered (`iris` is `iris@latest`;
+`iris@production` follows the alias, `iris@v3` is one version), an `.onnx` file, a folder with
+`predict.py`, or an MLflow model folder (with `MLmodel`).
 
 Examples:
   kiln serve iris
+  kiln serve iris@production
   kiln serve models/iris/model.onnx --port 8080
   kiln serve --model iris=model.onnx --model churn=models/churn/model
   curl -s localhost:8080/v2/models/iris/infer -d '{\"inputs\": [...]}'"
@@ -120,6 +129,7 @@ fn main() -> ExitCode {
         Command::Runs(args) => commands::runs(&cli.project, args),
         Command::Logs(args) => commands::logs(&cli.project, args),
         Command::Metrics(command) => commands::metrics(&cli.project, command),
+        Command::Models(command) => models_cmd::models(&cli.project, command),
         Command::Serve(args) => {
             init_server_logs();
             serve_cmd::serve(&cli.project, args)

@@ -246,6 +246,7 @@ pub fn run_json(result: &RunReport) -> Value {
                     "detail": g.detail(),
                 })).collect::<Vec<_>>(),
                 "servable": model.servable,
+                "version": model.version.map(|v| v.version()),
             })
         })
         .collect();

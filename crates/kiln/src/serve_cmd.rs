@@ -14,8 +14,8 @@ use crate::printer::errln;
 /// Serve models over HTTP.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Model to serve: an `.onnx` file, a directory with `predict.py`, or an MLflow model directory (with `MLmodel`), served under its file or directory name; or the name of a model of this project.
-    #[arg(value_name = "PATH")]
+    /// Model to serve: a model of this project as registered (`iris` = `iris@latest`, `iris@production`, `iris@v3`; swapped when the alias moves), or an `.onnx` file, a directory with `predict.py`, or an MLflow model directory (with `MLmodel`), served under its file or directory name.
+    #[arg(value_name = "MODEL|PATH")]
     pub path: Option<PathBuf>,
 
     /// Another model, addressed by NAME (repeatable): `--model iris=models/iris.onnx`.
@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// Rotated request log files kept.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub request_log_files: usize,
+
+    /// For a project's model: the file holding the registry version served (set by `serve`).
+    #[arg(skip)]
+    pub version_file: Option<(String, PathBuf)>,
 }
 
 impl ServeArgs {
@@ -104,6 +108,11 @@ impl ServeArgs {
         for spec in &self.models {
             let mut model = kiln_serve::ModelConfig::parse_spec(spec)?;
             model.path = resolve(&model.path);
+            if let Some((name, file)) = &self.version_file
+                && *name == model.name
+            {
+                model.version_file = Some(file.clone());
+            }
             models.push(model);
         }
         if models.is_empty() {
@@ -143,9 +152,10 @@ impl ServeArgs {
     }
 }
 
-/// `kiln serve`: a bare model name is this project's model, served as its latest green run
-/// stored it and swapped when a later run is green (`kiln_deploy::prepare` finds its artifact,
-/// environment and ONNX Runtime); anything else is a path for the server to load.
+/// `kiln serve`: a model name (`iris`, `iris@production`, `iris@v3`) is this project's model,
+/// served as the registered version it names and swapped when the alias moves
+/// (`kiln_deploy::prepare` finds its artifact, environment and ONNX Runtime); anything else is
+/// a path for the server to load.
 pub fn serve(root: &Path, mut args: ServeArgs) -> Result<ExitCode> {
     let root = std::path::absolute(root)?;
     if let Some(name) = args.path.clone()
@@ -161,17 +171,28 @@ pub fn serve(root: &Path, mut args: ServeArgs) -> Result<ExitCode> {
             )),
             error => error,
         })?;
+        let reference = kiln_registry::ModelRef::parse(&name)?;
         let workspace = Workspace::open(&project.root)?;
-        let served =
-            kiln_deploy::prepare(&workspace, &project, &name, &mut |line| errln!("  {line}"))?;
+        let served = kiln_deploy::prepare(&workspace, &project, &reference, &mut |line| {
+            errln!("  {line}")
+        })?;
+        let follows = match &reference.selector {
+            kiln_registry::Selector::Alias(alias) => {
+                format!("; when `{alias}` moves, its new version is swapped in")
+            }
+            kiln_registry::Selector::Version(_) => String::new(),
+        };
         errln!(
-            "serving `{name}` from run {} (artifact {}); later green runs are swapped in",
+            "serving `{reference}`: version {} of `{}` (run {}, artifact {}){follows}",
+            served.version,
+            served.name,
             served.artifact.run,
             served.artifact.digest.short()
         );
         args.path = None;
         args.models
-            .insert(0, format!("{name}={}", served.path.display()));
+            .insert(0, format!("{}={}", served.name, served.path.display()));
+        args.version_file = Some((served.name.clone(), served.version_file.clone()));
         if args.request_log.is_none() {
             args.request_log = Some(workspace.state_dir.join("requests"));
         }

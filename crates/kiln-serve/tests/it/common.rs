@@ -246,6 +246,7 @@ pub fn config(models: &[(&str, PathBuf)]) -> ServerConfig {
         .map(|(name, path)| ModelConfig {
             name: name.to_string(),
             path: path.clone(),
+            version_file: None,
         })
         .collect();
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), models);

@@ -64,6 +64,30 @@ fn the_iris_example_trains_checks_and_gates() {
         ]
     );
 
+    // The first green run registered version 1 with its lineage, the environment's exact
+    // packages included; the failed run registered nothing.
+    let shown = kiln_command(dir.path())
+        .args(["models", "show", "iris@v1", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(shown.status.code(), Some(0), "{}", stderr(&shown));
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["lineage"]["run_id"], json!(1), "{shown}");
+    let packages = shown["lineage"]["environment"].as_array().unwrap();
+    assert!(
+        packages
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.starts_with("scikit_learn=="))),
+        "{shown}"
+    );
+    assert!(
+        shown["lineage"]["deps"]
+            .as_object()
+            .unwrap()
+            .contains_key("models/iris/src/train.py"),
+        "{shown}"
+    );
+
     // `kiln serve iris` serves the model of the latest green run, taken from the store: a
     // broken model in the workspace does not matter.
     std::fs::write(dir.path().join("models/iris/model.onnx"), b"garbage").unwrap();

@@ -194,10 +194,11 @@ fn an_unknown_model_name_says_what_is_wrong() {
         crate::common::stderr(&output)
     );
     let output = project.kiln(&["serve", "m"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert!(
-        crate::common::stderr(&output)
-            .contains("model `m` has no succeeded run yet\nhint: run `kiln run m` first"),
+        crate::common::stderr(&output).contains(
+            "no version of model `m` is registered\nhint: a green `kiln run m` registers its first version"
+        ),
         "{}",
         crate::common::stderr(&output)
     );
@@ -284,6 +285,7 @@ fn the_served_artifact_is_the_green_runs_even_after_a_forced_failing_rerun() {
     );
     let green = project.read("model/stamp");
     assert_eq!(project.read(".kiln/serving/m/model/stamp"), green);
+    assert_eq!(project.read(".kiln/serving/m@latest/model/stamp"), green);
     // Same inputs, forced: a new model under the same stage-cache key, which fails its gate.
     project.write("score.json", r#"{"accuracy": 0.5}"#);
     assert_eq!(project.kiln(&["run", "--force"]).status.code(), Some(4));
@@ -293,9 +295,9 @@ fn the_served_artifact_is_the_green_runs_even_after_a_forced_failing_rerun() {
     let output = project.kiln(&["serve", "m", "--python", "/nonexistent/python3"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        crate::common::stderr(&output).contains("serving `m` from run 1"),
+        crate::common::stderr(&output).contains("serving `m@latest`: version 1 of `m` (run 1,"),
         "{}",
         crate::common::stderr(&output)
     );
-    assert_eq!(project.read(".kiln/serving/m/model/stamp"), green);
+    assert_eq!(project.read(".kiln/serving/m@latest/model/stamp"), green);
 }

@@ -1,0 +1,516 @@
+//! `kiln models`: the model registry. Versions (`list`, `show`, `diff`) and aliases (`alias`,
+//! `promote`, `rollback`, `history`); an alias move also moves `.kiln/serving/<model>@<alias>`,
+//! so a server following the alias swaps versions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use kiln_pipeline::Workspace;
+use kiln_registry::{
+    AliasCommand, AliasMove, ModelRef, ModelVersion, MoveBy, Registry, Selector, Version,
+};
+use serde::Serialize;
+
+use crate::commands::load;
+use crate::error::{CliError, Result};
+use crate::exit;
+use crate::printer::{errln, outln};
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List the registered models: versions, latest version, aliases.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a version: lineage, metrics, aliases (`iris` is `iris@latest`).
+    Show {
+        /// `MODEL`, `MODEL@vN` or `MODEL@ALIAS`.
+        #[arg(value_name = "MODEL[@VERSION|@ALIAS]")]
+        reference: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two versions: metrics with deltas, params, dep digests, commits.
+    Diff {
+        #[arg(value_name = "MODEL@A")]
+        a: String,
+        #[arg(value_name = "MODEL@B")]
+        b: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point an alias at a version (`kiln models alias iris@v3 staging`).
+    Alias {
+        #[arg(value_name = "MODEL@VERSION")]
+        reference: String,
+        alias: String,
+        /// Why, kept in the alias history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point alias `--to` at the version alias `--from` holds.
+    Promote {
+        model: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Why, kept in the alias history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move an alias back to the version it held before its last move.
+    Rollback {
+        model: String,
+        alias: String,
+        /// Why, kept in the alias history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every alias move of a model: when, which alias, from and to which version, by what, why.
+    History {
+        model: String,
+        /// Only this alias.
+        #[arg(long)]
+        alias: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
+    let root = std::path::absolute(root)?;
+    let mut workspace = Workspace::open(&root)?;
+    let registry = &mut workspace.registry;
+    match command {
+        ModelsCommand::List { json } => list(registry, json)?,
+        ModelsCommand::Show { reference, json } => show(registry, &reference, json)?,
+        ModelsCommand::Diff { a, b, json } => diff(registry, &a, &b, json)?,
+        ModelsCommand::History { model, alias, json } => {
+            history(registry, &model, alias.as_deref(), json)?
+        }
+        ModelsCommand::Alias {
+            reference,
+            alias,
+            reason,
+            json,
+        } => {
+            let reference = parse(&reference)?;
+            let version = registry.resolve(&reference)?;
+            let by = moved_by(AliasCommand::Alias, reason.as_deref());
+            let from = registry.move_alias(&reference.model, &alias, version, by)?;
+            moved(
+                &root,
+                &workspace,
+                &reference.model,
+                &alias,
+                from,
+                version,
+                json,
+            )?;
+        }
+        ModelsCommand::Promote {
+            model,
+            from,
+            to,
+            reason,
+            json,
+        } => {
+            let source = ModelRef {
+                model: model.clone(),
+                selector: Selector::Alias(from),
+            };
+            let version = registry.resolve(&source)?;
+            let by = moved_by(AliasCommand::Promote, reason.as_deref());
+            let before = registry.move_alias(&model, &to, version, by)?;
+            moved(&root, &workspace, &model, &to, before, version, json)?;
+        }
+        ModelsCommand::Rollback {
+            model,
+            alias,
+            reason,
+            json,
+        } => {
+            let (from, to) = registry.rollback_alias(&model, &alias, reason.as_deref())?;
+            moved(&root, &workspace, &model, &alias, Some(from), to, json)?;
+        }
+    }
+    Ok(exit::code(exit::SUCCESS))
+}
+
+fn parse(text: &str) -> Result<ModelRef> {
+    Ok(ModelRef::parse(text)?)
+}
+
+fn moved_by(command: AliasCommand, reason: Option<&str>) -> MoveBy<'_> {
+    MoveBy {
+        command,
+        run_id: None,
+        reason,
+    }
+}
+
+/// `v3`, or `-` for none.
+fn named(version: Option<Version>) -> String {
+    version.map_or("-".to_string(), |v| format!("v{v}"))
+}
+
+/// Unix milliseconds as UTC (`2026-11-29 18:56:38`).
+fn when(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| "-".to_string())
+}
+
+/// What an alias move did, as `--json` prints it.
+#[derive(Debug, Serialize)]
+struct Moved<'a> {
+    model: &'a str,
+    alias: &'a str,
+    from_version: Option<Version>,
+    to_version: Version,
+}
+
+/// Reports an alias move and moves its serving link; a link that cannot be moved (no project
+/// here, a model without artifact) is a warning: the move itself is recorded.
+fn moved(
+    root: &Path,
+    workspace: &Workspace,
+    model: &str,
+    alias: &str,
+    from: Option<Version>,
+    to: Version,
+    json: bool,
+) -> Result<()> {
+    if json {
+        let shown = Moved {
+            model,
+            alias,
+            from_version: from,
+            to_version: to,
+        };
+        outln!("{}", serde_json::to_string_pretty(&shown)?);
+    }
+    errln!("`{model}@{alias}`: {} -> v{to}", named(from));
+    let published = load(root).and_then(|project| {
+        Ok(kiln_pipeline::publish_alias(
+            workspace, &project, model, alias,
+        )?)
+    });
+    if let Err(error) = published {
+        errln!("warning: could not publish `{model}@{alias}` for serving: {error}");
+    }
+    Ok(())
+}
+
+fn list(registry: &Registry, json: bool) -> Result<()> {
+    let models = registry.models()?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&models)?);
+        return Ok(());
+    }
+    if models.is_empty() {
+        errln!("no model is registered yet: a green `kiln run` registers its model's artifact");
+        return Ok(());
+    }
+    outln!("{:<20} {:>8} {:>7}  ALIASES", "MODEL", "VERSIONS", "LATEST");
+    for model in &models {
+        let aliases: Vec<String> = model
+            .aliases
+            .iter()
+            .map(|(alias, version)| format!("{alias}=v{version}"))
+            .collect();
+        outln!(
+            "{:<20} {:>8} {:>7}  {}",
+            model.model,
+            model.versions,
+            format!("v{}", model.latest_version),
+            aliases.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn find(registry: &Registry, text: &str) -> Result<ModelVersion> {
+    let reference = parse(text)?;
+    let version = registry.resolve(&reference)?;
+    Ok(registry.model_version(&reference.model, version)?)
+}
+
+fn show(registry: &Registry, text: &str, json: bool) -> Result<()> {
+    let version = find(registry, text)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&version)?);
+        return Ok(());
+    }
+    let lineage = &version.lineage;
+    let aliases = if version.aliases.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", version.aliases.join(", "))
+    };
+    outln!("{} v{}{aliases}", version.model, version.version);
+    outln!("registered  {} UTC", when(version.registered_at_ms));
+    outln!("run         {}", lineage.run_id);
+    outln!(
+        "commit      {}{}",
+        lineage.commit.as_deref().unwrap_or("(not a git checkout)"),
+        if lineage.dirty {
+            " (uncommitted changes)"
+        } else {
+            ""
+        }
+    );
+    outln!("artifact    {}", version.artifact_digest);
+    if let Some(servable) = &lineage.servable {
+        outln!(
+            "servable    {}: {}",
+            if servable.passed { "passed" } else { "failed" },
+            servable.message
+        );
+    }
+    outln!("\nmetrics:");
+    for (key, value) in &lineage.metrics {
+        outln!("  {key:<24} {value}");
+    }
+    outln!("\nparams:");
+    if let Some(params) = lineage.params.as_object() {
+        for (key, value) in params {
+            outln!("  {key:<24} {value}");
+        }
+    }
+    outln!("\ndeps:");
+    for (path, digest) in &lineage.deps {
+        outln!(
+            "  {path:<40} {}",
+            digest.as_deref().unwrap_or("(did not exist)")
+        );
+    }
+    if let Some(packages) = &lineage.environment {
+        outln!("\nenvironment ({} packages):", packages.len());
+        for package in packages {
+            outln!("  {package}");
+        }
+    }
+    Ok(())
+}
+
+/// One metric of two versions.
+#[derive(Debug, Serialize)]
+struct MetricChange<'a> {
+    key: &'a str,
+    a: Option<f64>,
+    b: Option<f64>,
+    /// `b - a`, when both have it.
+    delta: Option<f64>,
+}
+
+/// A param or dep that differs between two versions.
+#[derive(Debug, Serialize)]
+struct ValueChange<T: Serialize> {
+    key: String,
+    a: Option<T>,
+    b: Option<T>,
+}
+
+/// Which version each side of a diff is.
+#[derive(Debug, Serialize)]
+struct DiffSide<'a> {
+    version: Version,
+    run_id: i64,
+    commit: Option<&'a str>,
+    dirty: bool,
+    artifact_digest: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct VersionDiff<'a> {
+    model: &'a str,
+    a: DiffSide<'a>,
+    b: DiffSide<'a>,
+    metrics: Vec<MetricChange<'a>>,
+    /// Only the params that differ.
+    params: Vec<ValueChange<serde_json::Value>>,
+    /// Only the deps whose digest differs.
+    deps: Vec<ValueChange<Option<String>>>,
+}
+
+fn side(version: &ModelVersion) -> DiffSide<'_> {
+    DiffSide {
+        version: version.version,
+        run_id: version.lineage.run_id,
+        commit: version.lineage.commit.as_deref(),
+        dirty: version.lineage.dirty,
+        artifact_digest: &version.artifact_digest,
+    }
+}
+
+/// The keys of two maps whose values differ, with both values.
+fn changes<T: Serialize + Clone + PartialEq>(
+    a: &BTreeMap<String, T>,
+    b: &BTreeMap<String, T>,
+) -> Vec<ValueChange<T>> {
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|key| a.get(*key) != b.get(*key))
+        .map(|key| ValueChange {
+            key: key.clone(),
+            a: a.get(key).cloned(),
+            b: b.get(key).cloned(),
+        })
+        .collect()
+}
+
+fn diff(registry: &Registry, a: &str, b: &str, json: bool) -> Result<()> {
+    let (first, second) = (find(registry, a)?, find(registry, b)?);
+    if first.model != second.model {
+        return Err(CliError::usage(format!(
+            "`{a}` and `{b}` are versions of different models"
+        )));
+    }
+    let metrics_of =
+        |v: &ModelVersion| -> BTreeMap<String, f64> { v.lineage.metrics.iter().cloned().collect() };
+    let (metrics_a, metrics_b) = (metrics_of(&first), metrics_of(&second));
+    let metric_keys: BTreeSet<&String> = metrics_a.keys().chain(metrics_b.keys()).collect();
+    let metrics: Vec<MetricChange<'_>> = metric_keys
+        .into_iter()
+        .map(|key| {
+            let (va, vb) = (metrics_a.get(key).copied(), metrics_b.get(key).copied());
+            MetricChange {
+                key,
+                a: va,
+                b: vb,
+                delta: va.zip(vb).map(|(x, y)| y - x),
+            }
+        })
+        .collect();
+    let params_of = |v: &ModelVersion| -> BTreeMap<String, serde_json::Value> {
+        v.lineage
+            .params
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    };
+    let shown = VersionDiff {
+        model: &first.model,
+        a: side(&first),
+        b: side(&second),
+        params: changes(&params_of(&first), &params_of(&second)),
+        deps: changes(&first.lineage.deps, &second.lineage.deps),
+        metrics,
+    };
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
+    let commit = |side: &DiffSide<'_>| {
+        format!(
+            "{}{}",
+            side.commit.unwrap_or("-"),
+            if side.dirty { " (dirty)" } else { "" }
+        )
+    };
+    outln!(
+        "{} v{} -> v{}",
+        shown.model,
+        shown.a.version,
+        shown.b.version
+    );
+    outln!("commit   {} -> {}", commit(&shown.a), commit(&shown.b));
+    outln!("run      {} -> {}", shown.a.run_id, shown.b.run_id);
+    outln!("\nmetrics:");
+    let number = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
+    for metric in &shown.metrics {
+        let delta = metric
+            .delta
+            .map_or(String::new(), |d| format!("  ({d:+.6})"));
+        outln!(
+            "  {:<24} {} -> {}{delta}",
+            metric.key,
+            number(metric.a),
+            number(metric.b)
+        );
+    }
+    outln!("\nparams changed:");
+    if shown.params.is_empty() {
+        outln!("  (none)");
+    }
+    let value =
+        |v: &Option<serde_json::Value>| v.as_ref().map_or("-".to_string(), |v| v.to_string());
+    for change in &shown.params {
+        outln!(
+            "  {:<24} {} -> {}",
+            change.key,
+            value(&change.a),
+            value(&change.b)
+        );
+    }
+    outln!("\ndeps changed:");
+    if shown.deps.is_empty() {
+        outln!("  (none)");
+    }
+    let digest = |d: &Option<Option<String>>| match d {
+        None => "(not a dep)".to_string(),
+        Some(None) => "(did not exist)".to_string(),
+        Some(Some(digest)) => digest.chars().take(12).collect(),
+    };
+    for change in &shown.deps {
+        outln!(
+            "  {:<40} {} -> {}",
+            change.key,
+            digest(&change.a),
+            digest(&change.b)
+        );
+    }
+    Ok(())
+}
+
+fn history(registry: &Registry, model: &str, alias: Option<&str>, json: bool) -> Result<()> {
+    // An unknown model is an error, not an empty history.
+    registry.resolve(&ModelRef {
+        model: model.to_string(),
+        selector: Selector::Alias(kiln_registry::LATEST.to_string()),
+    })?;
+    let moves: Vec<AliasMove> = registry.alias_history(model, alias)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&moves)?);
+        return Ok(());
+    }
+    outln!(
+        "{:<19}  {:<12} {:>5} {:>5}  {:<9} {:>5}  REASON",
+        "WHEN (UTC)",
+        "ALIAS",
+        "FROM",
+        "TO",
+        "BY",
+        "RUN"
+    );
+    for shown in &moves {
+        let by = match shown.command {
+            AliasCommand::Run => "run",
+            AliasCommand::Alias => "alias",
+            AliasCommand::Promote => "promote",
+            AliasCommand::Rollback => "rollback",
+        };
+        outln!(
+            "{:<19}  {:<12} {:>5} {:>5}  {:<9} {:>5}  {}",
+            when(shown.at_ms),
+            shown.alias,
+            named(shown.from_version),
+            format!("v{}", shown.to_version),
+            by,
+            shown.run_id.map_or("-".to_string(), |id| id.to_string()),
+            shown.reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
