@@ -57,8 +57,9 @@ fn ignore_out(root: &Path, out: &RelPath) -> Result<Option<PathBuf>, String> {
     let Some(updated) = with_line(&existing, &entry) else {
         return Ok(None);
     };
-    // Only when the line is missing is git asked (a process): a no-op run asks nothing.
-    if tracked_by_git(root, out)? {
+    // Only when the line is missing is git asked (a process): a no-op run asks nothing. An out
+    // that git already ignores (a pattern higher up) needs no line, as DVC leaves it.
+    if tracked_by_git(root, out)? || ignored_by_git(root, out)? {
         return Ok(None);
     }
     kiln_store::atomic::write(&file, updated.as_bytes())
@@ -114,6 +115,25 @@ fn tracked_by_git(root: &Path, out: &RelPath) -> Result<bool, String> {
         return Err(format!("`git ls-files` failed ({})", output.status));
     }
     Ok(!output.stdout.is_empty())
+}
+
+/// Whether a `.gitignore` (or `info/exclude`, or the global excludes) already ignores `out`.
+fn ignored_by_git(root: &Path, out: &RelPath) -> Result<bool, String> {
+    let status = Command::new("git")
+        .args(["check-ignore", "-q", "--"])
+        .arg(out.as_str())
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|error| format!("cannot run `git check-ignore`: {error}"))?;
+    // 0: ignored; 1: not ignored; anything else: git could not tell.
+    match status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(format!("`git check-ignore` failed ({status})")),
+    }
 }
 
 #[cfg(test)]

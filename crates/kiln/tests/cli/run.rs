@@ -773,11 +773,13 @@ fn status_with_set_explains_what_would_run_without_writing() {
 #[test]
 fn outs_go_into_the_gitignore_of_their_folder() {
     let project = TestProject::new(
-        "models:\n  m:\n    stages:\n      prep: {cmd: 'mkdir -p data/processed && cp raw.csv data/processed/clean.csv', deps: [raw.csv], outs: [data/processed]}\n      train: {cmd: 'mkdir -p models && cp data/processed/clean.csv models/model.pkl && cp raw.csv kept.txt', deps: [data/processed], outs: [models/model.pkl, kept.txt]}\n",
+        "models:\n  m:\n    stages:\n      prep: {cmd: 'mkdir -p data/processed && cp raw.csv data/processed/clean.csv', deps: [raw.csv], outs: [data/processed]}\n      train: {cmd: 'mkdir -p models cache && cp data/processed/clean.csv models/model.pkl && cp raw.csv kept.txt && cp raw.csv cache/scratch.csv', deps: [data/processed], outs: [models/model.pkl, kept.txt, cache/scratch.csv]}\n",
     );
     project.write("raw.csv", "x\n1\n");
     project.write("data/.gitignore", "# mine\n*.tmp");
     project.write("kept.txt", "x\n1\n");
+    // An out that a pattern higher up already ignores gets no line of its own.
+    project.write(".gitignore", "/cache/\n");
     let git = |args: &[&str]| {
         let output = std::process::Command::new("git")
             .args(["-c", "user.name=t", "-c", "user.email=t@t"])
@@ -790,7 +792,14 @@ fn outs_go_into_the_gitignore_of_their_folder() {
     };
     git(&["init", "-q"]);
     // `kept.txt` is tracked: the user's choice, left alone.
-    git(&["add", "kiln.yaml", "raw.csv", "data/.gitignore", "kept.txt"]);
+    git(&[
+        "add",
+        "kiln.yaml",
+        "raw.csv",
+        "data/.gitignore",
+        "kept.txt",
+        ".gitignore",
+    ]);
     git(&["commit", "-qm", "first"]);
     run_ok(&project, &[]);
     assert_eq!(
@@ -798,7 +807,15 @@ fn outs_go_into_the_gitignore_of_their_folder() {
         "# mine\n*.tmp\n/processed\n"
     );
     assert_eq!(project.read("models/.gitignore"), "/model.pkl\n");
-    assert!(!project.path(".gitignore").exists(), "kept.txt is tracked");
+    assert_eq!(
+        project.read(".gitignore"),
+        "/cache/\n",
+        "kept.txt is tracked"
+    );
+    assert!(
+        !project.path("cache/.gitignore").exists(),
+        "cache/ is ignored already"
+    );
     // Again, and after the outs were deleted and restored: no line twice.
     run_ok(&project, &["--force"]);
     std::fs::remove_dir_all(project.path("data/processed")).unwrap();
