@@ -36,11 +36,7 @@ pub type Result<T> = std::result::Result<T, CliError>;
 
 impl From<std::io::Error> for CliError {
     fn from(error: std::io::Error) -> CliError {
-        if error.kind() == std::io::ErrorKind::BrokenPipe {
-            CliError::Closed(Closed)
-        } else {
-            CliError::Other(error.into())
-        }
+        CliError::Other(error.into())
     }
 }
 
