@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use kiln_registry::CheckRule;
 use kiln_spec::RelPath;
 use kiln_spec::project::{ColumnRule, ColumnType, DataCheck, RowBounds};
 
@@ -23,28 +24,12 @@ const LISTED_ALLOWED_VALUES: usize = 10;
 /// Spellings of "no value" (compared case-insensitively, after trimming).
 const MISSING_MARKERS: [&str; 5] = ["", "na", "nan", "null", "none"];
 
-/// Which rule an outcome is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuleKind {
-    /// The number of data rows (`rows: {min, max}`).
-    Rows,
-    /// The column exists in the header.
-    Present,
-    /// Every non-missing value has the declared type (and is a number when `min`/`max` are set).
-    Type,
-    Min,
-    Max,
-    /// Every non-missing value is one of `values`.
-    Values,
-    Missing,
-}
-
 /// The verdict on one rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleOutcome {
     /// The column the rule is about; `None` for the row count.
     pub column: Option<String>,
-    pub rule: RuleKind,
+    pub rule: CheckRule,
     pub passed: bool,
     /// One line for the user, e.g. ``column `x`: 3 values above max 10 (rows 4, 17, 90)``.
     pub message: String,
@@ -189,7 +174,7 @@ pub fn run_check(root: &Path, check: &DataCheck) -> Result<CheckReport, CheckErr
             Some(column) => column.outcomes(rows, &mut outcomes),
             None => outcomes.push(RuleOutcome {
                 column: Some(name.clone()),
-                rule: RuleKind::Present,
+                rule: CheckRule::Present,
                 passed: false,
                 message: format!(
                     "column `{name}` is missing from `{}` ({})",
@@ -258,7 +243,7 @@ fn rows_outcome(bounds: &RowBounds, rows: u64) -> Option<RuleOutcome> {
     };
     Some(RuleOutcome {
         column: None,
-        rule: RuleKind::Rows,
+        rule: CheckRule::Rows,
         passed,
         message,
     })
@@ -389,7 +374,7 @@ impl<'a> ColumnState<'a> {
 
     fn outcomes(&self, rows: u64, out: &mut Vec<RuleOutcome>) {
         let name = self.name;
-        let mut push = |rule: RuleKind, passed: bool, message: String| {
+        let mut push = |rule: CheckRule, passed: bool, message: String| {
             out.push(RuleOutcome {
                 column: Some(name.to_string()),
                 rule,
@@ -398,7 +383,7 @@ impl<'a> ColumnState<'a> {
             });
         };
         push(
-            RuleKind::Present,
+            CheckRule::Present,
             true,
             format!("column `{name}` is present"),
         );
@@ -406,13 +391,13 @@ impl<'a> ColumnState<'a> {
             let kind = kind.name();
             if self.wrong_type.count == 0 {
                 push(
-                    RuleKind::Type,
+                    CheckRule::Type,
                     true,
                     format!("column `{name}`: all values are {kind}"),
                 );
             } else {
                 push(
-                    RuleKind::Type,
+                    CheckRule::Type,
                     false,
                     format!(
                         "column `{name}`: {} not {kind} ({})",
@@ -424,7 +409,7 @@ impl<'a> ColumnState<'a> {
         }
         if self.not_a_number.count > 0 {
             push(
-                RuleKind::Type,
+                CheckRule::Type,
                 false,
                 format!(
                     "column `{name}`: {}, which min and max need ({})",
@@ -448,7 +433,7 @@ impl<'a> ColumnState<'a> {
                     self.below_min.rows()
                 )
             };
-            push(RuleKind::Min, passed, message);
+            push(CheckRule::Min, passed, message);
         }
         if let Some(max) = self.rule.max {
             let passed = self.above_max.count == 0;
@@ -461,7 +446,7 @@ impl<'a> ColumnState<'a> {
                     self.above_max.rows()
                 )
             };
-            push(RuleKind::Max, passed, message);
+            push(CheckRule::Max, passed, message);
         }
         if let Some(values) = &self.rule.values {
             let listed = list_allowed(values);
@@ -475,11 +460,11 @@ impl<'a> ColumnState<'a> {
                     self.not_allowed.rows_with_values()
                 )
             };
-            push(RuleKind::Values, passed, message);
+            push(CheckRule::Values, passed, message);
         }
         if let Some(limit) = self.rule.missing {
             let (passed, message) = missing_verdict(name, &self.missing, rows, limit);
-            push(RuleKind::Missing, passed, message);
+            push(CheckRule::Missing, passed, message);
         }
     }
 }
@@ -615,7 +600,7 @@ mod tests {
         }
 
         /// The one outcome of `rule`.
-        fn outcome(&self, rule: RuleKind) -> RuleOutcome {
+        fn outcome(&self, rule: CheckRule) -> RuleOutcome {
             let report = self.run();
             let mut matching = report.outcomes.into_iter().filter(|o| o.rule == rule);
             let outcome = matching.next().expect("no outcome for the rule");
@@ -650,7 +635,7 @@ mod tests {
     fn row_count_within_bounds_passes() {
         let fixture = Fixture::new("a.csv", &one_column("x", &["1"; 120])).rows(Some(100), None);
         assert_outcome(
-            &fixture.outcome(RuleKind::Rows),
+            &fixture.outcome(CheckRule::Rows),
             true,
             "120 rows (expected at least 100)",
         );
@@ -661,7 +646,7 @@ mod tests {
     fn too_few_rows_fail() {
         let fixture = Fixture::new("a.csv", &one_column("x", &["1"; 12])).rows(Some(100), None);
         assert_outcome(
-            &fixture.outcome(RuleKind::Rows),
+            &fixture.outcome(CheckRule::Rows),
             false,
             "12 rows, expected at least 100",
         );
@@ -671,13 +656,13 @@ mod tests {
     fn too_many_rows_fail() {
         let fixture = Fixture::new("a.csv", &one_column("x", &["1"; 3])).rows(None, Some(2));
         assert_outcome(
-            &fixture.outcome(RuleKind::Rows),
+            &fixture.outcome(CheckRule::Rows),
             false,
             "3 rows, expected at most 2",
         );
         let fixture = Fixture::new("a.csv", &one_column("x", &["1"])).rows(Some(2), Some(5));
         assert_outcome(
-            &fixture.outcome(RuleKind::Rows),
+            &fixture.outcome(CheckRule::Rows),
             false,
             "1 row, expected between 2 and 5",
         );
@@ -694,7 +679,7 @@ mod tests {
     fn missing_column_names_the_file_and_the_columns_there() {
         let fixture = Fixture::new("data/processed/train.csv", "a,b,c\n1,2,3\n")
             .column("species", ColumnRule::default());
-        let outcome = fixture.outcome(RuleKind::Present);
+        let outcome = fixture.outcome(CheckRule::Present);
         assert_outcome(
             &outcome,
             false,
@@ -707,7 +692,7 @@ mod tests {
     fn present_column_passes() {
         let fixture = Fixture::new("a.csv", "a,b\n1,2\n").column("b", ColumnRule::default());
         assert_outcome(
-            &fixture.outcome(RuleKind::Present),
+            &fixture.outcome(CheckRule::Present),
             true,
             "column `b` is present",
         );
@@ -735,7 +720,7 @@ mod tests {
         )
         .column("n", typed(ColumnType::Int));
         assert_outcome(
-            &fixture.outcome(RuleKind::Type),
+            &fixture.outcome(CheckRule::Type),
             true,
             "column `n`: all values are int",
         );
@@ -743,7 +728,7 @@ mod tests {
         let fixture = Fixture::new("a.csv", &one_column("n", &["1", "1.5", "2", "x"]))
             .column("n", typed(ColumnType::Int));
         assert_outcome(
-            &fixture.outcome(RuleKind::Type),
+            &fixture.outcome(CheckRule::Type),
             false,
             "column `n`: 2 values are not int (row 3: `1.5`, row 5: `x`)",
         );
@@ -754,7 +739,7 @@ mod tests {
         let fixture = Fixture::new("a.csv", &one_column("f", &["1", "-2.5", "1e3", " 4.25 "]))
             .column("f", typed(ColumnType::Float));
         assert_outcome(
-            &fixture.outcome(RuleKind::Type),
+            &fixture.outcome(CheckRule::Type),
             true,
             "column `f`: all values are float",
         );
@@ -762,7 +747,7 @@ mod tests {
         let fixture = Fixture::new("a.csv", &one_column("f", &["1.0", "one"]))
             .column("f", typed(ColumnType::Float));
         assert_outcome(
-            &fixture.outcome(RuleKind::Type),
+            &fixture.outcome(CheckRule::Type),
             false,
             "column `f`: 1 value is not float (row 3: `one`)",
         );
@@ -775,12 +760,12 @@ mod tests {
             &one_column("b", &["true", "False", "1", "0", "TRUE"]),
         )
         .column("b", typed(ColumnType::Bool));
-        assert!(fixture.outcome(RuleKind::Type).passed);
+        assert!(fixture.outcome(CheckRule::Type).passed);
 
         let fixture =
             Fixture::new("a.csv", &one_column("b", &["yes"])).column("b", typed(ColumnType::Bool));
         assert_outcome(
-            &fixture.outcome(RuleKind::Type),
+            &fixture.outcome(CheckRule::Type),
             false,
             "column `b`: 1 value is not bool (row 2: `yes`)",
         );
@@ -790,7 +775,7 @@ mod tests {
     fn string_type_accepts_anything() {
         let fixture = Fixture::new("a.csv", &one_column("s", &["1", "x", "\"a, b\""]))
             .column("s", typed(ColumnType::String));
-        assert!(fixture.outcome(RuleKind::Type).passed);
+        assert!(fixture.outcome(CheckRule::Type).passed);
     }
 
     #[test]
@@ -814,7 +799,7 @@ mod tests {
             },
         );
         assert_outcome(
-            &fixture.outcome(RuleKind::Max),
+            &fixture.outcome(CheckRule::Max),
             false,
             "column `sepal_length`: 3 values above max 10 (rows 4, 17, 90)",
         );
@@ -831,12 +816,12 @@ mod tests {
         let fixture =
             Fixture::new("a.csv", &one_column("x", &["0", "10", "4.5"])).column("x", rule);
         assert_outcome(
-            &fixture.outcome(RuleKind::Min),
+            &fixture.outcome(CheckRule::Min),
             true,
             "column `x`: no value below min 0",
         );
         assert_outcome(
-            &fixture.outcome(RuleKind::Max),
+            &fixture.outcome(CheckRule::Max),
             true,
             "column `x`: no value above max 10",
         );
@@ -850,7 +835,7 @@ mod tests {
         };
         let fixture = Fixture::new("a.csv", &one_column("x", &["0.4", "1"])).column("x", rule);
         assert_outcome(
-            &fixture.outcome(RuleKind::Min),
+            &fixture.outcome(CheckRule::Min),
             false,
             "column `x`: 1 value below min 0.5 (row 2)",
         );
@@ -864,7 +849,7 @@ mod tests {
         };
         let fixture = Fixture::new("a.csv", &one_column("x", &["1"; 12])).column("x", rule);
         assert_outcome(
-            &fixture.outcome(RuleKind::Max),
+            &fixture.outcome(CheckRule::Max),
             false,
             "column `x`: 12 values above max 0 (rows 2, 3, 4, 5, 6 and 7 more)",
         );
@@ -878,11 +863,11 @@ mod tests {
         };
         let fixture = Fixture::new("a.csv", &one_column("x", &["1", "abc"])).column("x", rule);
         assert_outcome(
-            &fixture.outcome(RuleKind::Type),
+            &fixture.outcome(CheckRule::Type),
             false,
             "column `x`: 1 value is not a number, which min and max need (row 3: `abc`)",
         );
-        assert!(fixture.outcome(RuleKind::Min).passed);
+        assert!(fixture.outcome(CheckRule::Min).passed);
     }
 
     #[test]
@@ -895,7 +880,7 @@ mod tests {
         let fixture = Fixture::new("a.csv", &one_column("x", &["abc"])).column("x", rule);
         let report = fixture.run();
         assert_eq!(report.failures().count(), 1, "{report}");
-        assert_eq!(report.failures().next().unwrap().rule, RuleKind::Type);
+        assert_eq!(report.failures().next().unwrap().rule, CheckRule::Type);
     }
 
     #[test]
@@ -911,7 +896,7 @@ mod tests {
         let fixture = Fixture::new("a.csv", &one_column("species", &["setosa", "virginica"]))
             .column("species", rule.clone());
         assert_outcome(
-            &fixture.outcome(RuleKind::Values),
+            &fixture.outcome(CheckRule::Values),
             true,
             "column `species`: all values in [setosa, versicolor, virginica]",
         );
@@ -922,7 +907,7 @@ mod tests {
         )
         .column("species", rule);
         assert_outcome(
-            &fixture.outcome(RuleKind::Values),
+            &fixture.outcome(CheckRule::Values),
             false,
             "column `species`: 2 values not in [setosa, versicolor, virginica] \
              (row 3: `setsa`, row 4: `Virginica`)",
@@ -946,7 +931,7 @@ mod tests {
         let report = fixture.run();
         assert_eq!(report.failures().count(), 1, "{report}");
         assert_outcome(
-            &fixture.outcome(RuleKind::Missing),
+            &fixture.outcome(CheckRule::Missing),
             false,
             "column `x`: 7 values missing (87.5% of 8 rows), none allowed \
              (rows 3, 4, 5, 6, 7 and 2 more)",
@@ -962,13 +947,13 @@ mod tests {
         let csv = one_column("x,y", &["1,", "2,", "3,4"]).replace(",\n", ",NA\n");
         let fixture = Fixture::new("a.csv", &csv).column("y", rule(2.0));
         assert_outcome(
-            &fixture.outcome(RuleKind::Missing),
+            &fixture.outcome(CheckRule::Missing),
             true,
             "column `y`: 2 values missing (66.67% of 3 rows), at most 2 allowed",
         );
         let fixture = Fixture::new("a.csv", &csv).column("y", rule(1.0));
         assert_outcome(
-            &fixture.outcome(RuleKind::Missing),
+            &fixture.outcome(CheckRule::Missing),
             false,
             "column `y`: 2 values missing (66.67% of 3 rows), at most 1 allowed (rows 2, 3)",
         );
@@ -984,13 +969,13 @@ mod tests {
         };
         let fixture = Fixture::new("a.csv", &one_column("x", &values)).column("x", rule(0.05));
         assert_outcome(
-            &fixture.outcome(RuleKind::Missing),
+            &fixture.outcome(CheckRule::Missing),
             true,
             "column `x`: 4 values missing (4% of 100 rows), at most 5% allowed",
         );
         let fixture = Fixture::new("a.csv", &one_column("x", &values)).column("x", rule(0.01));
         assert_outcome(
-            &fixture.outcome(RuleKind::Missing),
+            &fixture.outcome(CheckRule::Missing),
             false,
             "column `x`: 4 values missing (4% of 100 rows), at most 1% allowed \
              (rows 98, 99, 100, 101)",
@@ -1005,7 +990,7 @@ mod tests {
         };
         let fixture = Fixture::new("a.csv", &one_column("x", &["1", "2"])).column("x", rule);
         assert_outcome(
-            &fixture.outcome(RuleKind::Missing),
+            &fixture.outcome(CheckRule::Missing),
             true,
             "column `x`: 0 values missing, none allowed",
         );
@@ -1020,7 +1005,7 @@ mod tests {
         };
         let fixture = Fixture::new("a.csv", csv).column("note", rule);
         assert_outcome(
-            &fixture.outcome(RuleKind::Values),
+            &fixture.outcome(CheckRule::Values),
             false,
             "column `note`: 1 value not in [two\nlines, ok] (row 4: `bad`)",
         );
@@ -1043,7 +1028,7 @@ mod tests {
             .column("b", typed(ColumnType::Int))
             .column("z", ColumnRule::default())
             .column("a", ColumnRule::default());
-        let order: Vec<(Option<String>, RuleKind)> = fixture
+        let order: Vec<(Option<String>, CheckRule)> = fixture
             .run()
             .outcomes
             .into_iter()
@@ -1053,11 +1038,11 @@ mod tests {
         assert_eq!(
             order,
             [
-                (None, RuleKind::Rows),
-                (column("b"), RuleKind::Present),
-                (column("b"), RuleKind::Type),
-                (column("z"), RuleKind::Present),
-                (column("a"), RuleKind::Present),
+                (None, CheckRule::Rows),
+                (column("b"), CheckRule::Present),
+                (column("b"), CheckRule::Type),
+                (column("z"), CheckRule::Present),
+                (column("a"), CheckRule::Present),
             ]
         );
     }

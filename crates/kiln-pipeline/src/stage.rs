@@ -507,7 +507,7 @@ fn run_checks(stage: &Stage, root: &Path) -> Vec<CheckResult> {
             Ok(report) => results.extend(report.outcomes.into_iter().map(|outcome| {
                 result(
                     outcome.column,
-                    check_rule(outcome.rule),
+                    outcome.rule,
                     outcome.passed,
                     outcome.message,
                 )
@@ -516,17 +516,4 @@ fn run_checks(stage: &Stage, root: &Path) -> Vec<CheckResult> {
         }
     }
     results
-}
-
-fn check_rule(rule: checks::RuleKind) -> CheckRule {
-    use checks::RuleKind;
-    match rule {
-        RuleKind::Rows => CheckRule::Rows,
-        RuleKind::Present => CheckRule::Present,
-        RuleKind::Type => CheckRule::Type,
-        RuleKind::Min => CheckRule::Min,
-        RuleKind::Max => CheckRule::Max,
-        RuleKind::Values => CheckRule::Values,
-        RuleKind::Missing => CheckRule::Missing,
-    }
 }

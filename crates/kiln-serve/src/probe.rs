@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::protocol::mlflow;
 use crate::repository::Repository;
-use crate::tensor::{DataType, Signature, Tensor, TensorData, check_inputs};
+use crate::tensor::{Signature, Tensor, TensorData, check_inputs};
 
 /// What a probe did.
 #[derive(Debug, Clone)]
@@ -176,14 +176,7 @@ fn generated_row(signature: &Signature) -> Option<NamedTensors> {
                 }
             }
             let n = shape.iter().product();
-            let data = match spec.dtype {
-                DataType::Bool => TensorData::Bool(vec![false; n]),
-                DataType::Int32 => TensorData::Int32(vec![0; n]),
-                DataType::Int64 => TensorData::Int64(vec![0; n]),
-                DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
-                DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
-                DataType::Bytes => TensorData::Bytes(vec![String::new(); n]),
-            };
+            let data = TensorData::zeros(spec.dtype, n);
             Some((spec.name.clone(), Tensor { shape, data }))
         })
         .collect()
@@ -192,7 +185,7 @@ fn generated_row(signature: &Signature) -> Option<NamedTensors> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::TensorSpec;
+    use crate::tensor::{DataType, TensorSpec};
 
     #[test]
     fn columns_the_signature_does_not_name_are_dropped() {

@@ -75,6 +75,18 @@ macro_rules! each_variant {
 }
 
 impl TensorData {
+    /// `n` zeros (`false`, empty strings) of `dtype`: an input to check that a model runs.
+    pub fn zeros(dtype: DataType, n: usize) -> TensorData {
+        match dtype {
+            DataType::Bool => TensorData::Bool(vec![false; n]),
+            DataType::Int32 => TensorData::Int32(vec![0; n]),
+            DataType::Int64 => TensorData::Int64(vec![0; n]),
+            DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
+            DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
+            DataType::Bytes => TensorData::Bytes(vec![String::new(); n]),
+        }
+    }
+
     pub fn dtype(&self) -> DataType {
         match self {
             TensorData::Bool(_) => DataType::Bool,

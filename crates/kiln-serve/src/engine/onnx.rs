@@ -167,14 +167,7 @@ impl OnnxEngine {
                     .map(|&d| if d < 0 { 1 } else { d as usize })
                     .collect();
                 let n = shape.iter().product();
-                let data = match spec.dtype {
-                    DataType::Bool => TensorData::Bool(vec![false; n]),
-                    DataType::Int32 => TensorData::Int32(vec![0; n]),
-                    DataType::Int64 => TensorData::Int64(vec![0; n]),
-                    DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
-                    DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
-                    DataType::Bytes => TensorData::Bytes(vec![String::new(); n]),
-                };
+                let data = TensorData::zeros(spec.dtype, n);
                 Tensor { shape, data }
             })
             .collect();

@@ -224,6 +224,19 @@ fn runs_show_prints_why_a_run_failed() {
     assert!(shown.contains("x.min"), "{shown}");
 }
 
+/// `kiln ARGS` whose stdout is a pipe closed before Kiln writes to it.
+fn with_stdout_closed(project: &TestProject, args: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
+        .args(args)
+        .current_dir(project.root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn a_reader_that_closes_stdout_early_ends_kiln_quietly() {
     let project = TestProject::new(
@@ -231,16 +244,8 @@ fn a_reader_that_closes_stdout_early_ends_kiln_quietly() {
     );
     assert_eq!(project.kiln(&["run"]).status.code(), Some(0));
     for args in [&["runs", "show", "1"][..], &["runs"], &["runs", "--json"]] {
-        // As `kiln runs show 1 | head -0`: the reading end is closed before Kiln writes.
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
-            .args(args)
-            .current_dir(project.root())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let output = child.wait_with_output().unwrap();
+        // As `kiln runs show 1 | head -0`.
+        let output = with_stdout_closed(&project, args);
         let text = stderr(&output);
         assert!(!text.contains("panicked"), "{args:?}: {text}");
         assert_eq!(output.status.code(), Some(0), "{args:?}: {text}");
@@ -252,14 +257,6 @@ fn a_closed_stdout_keeps_the_exit_code_of_a_failed_run() {
     let project =
         TestProject::new("models:\n  m:\n    stages:\n      a: {cmd: 'exit 3', outs: [a.txt]}\n");
     // As `kiln run --json | true` in CI: the reader is gone, the run's failure is not.
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"))
-        .args(["run", "--json"])
-        .current_dir(project.root())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let output = child.wait_with_output().unwrap();
+    let output = with_stdout_closed(&project, &["run", "--json"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
 }
