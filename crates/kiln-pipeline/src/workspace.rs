@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_registry::{Registry, RunId};
+use kiln_registry::{Location, Registry, RunId};
 use kiln_store::Store;
 
 use crate::Error;
@@ -34,7 +34,7 @@ impl Workspace {
                 .map_err(|source| Error::io("write", &ignore, source))?;
         }
         Ok(Workspace {
-            registry: Registry::open(&state_dir.join("kiln.db"))?,
+            registry: Registry::connect(&Location::from_env(&state_dir.join("kiln.db")))?,
             store: Store::open(state_dir.join("store"))?,
             stat_cache: StatCache::load(&state_dir.join("stat-cache")),
             state_dir,

@@ -2,24 +2,34 @@
 //! results, gate verdicts, servable checks, and the inputs each stage last ran with (for
 //! `kiln status`).
 //!
-//! Only this crate speaks SQL. The database is SQLite in WAL mode under `.kiln/`; every write
-//! is a transaction, so a crash leaves the history as it was before or after a step, never
-//! between. Runs left `running` by a process that died are marked `interrupted` on open.
+//! Only this crate speaks SQL. The database is SQLite in WAL mode under `.kiln/` (the default)
+//! or PostgreSQL (`KILN_DATABASE_URL`), both behind the layer of `db.rs`: each query is written
+//! once. Every write is a transaction, so a crash leaves the history as it was before or after
+//! a step, never between. Runs left `running` by a process that died are marked `interrupted`
+//! on open.
 //! Values are written and read through the types of `types.rs`: a row that does not read as
 //! its type is an [`Error::Corrupt`], never skipped.
 
+mod db;
+mod location;
 mod migrations;
 mod models;
 mod types;
+
+#[cfg(test)]
+#[path = "../tests/backends/mod.rs"]
+mod backends;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use db::DatabaseError;
+use db::{Database, Row, args};
+pub use location::{DATABASE_URL_ENV, Location};
 pub use migrations::SCHEMA_VERSION;
 pub use models::{
     AliasCommand, AliasMove, LATEST, Lineage, ModelRef, ModelSummary, ModelVersion, MoveBy, Origin,
@@ -38,10 +48,21 @@ pub enum Error {
     Open {
         path: PathBuf,
         #[source]
-        source: rusqlite::Error,
+        source: DatabaseError,
     },
+    /// The PostgreSQL server could not be reached, or refused the connection. `server` names
+    /// the host, port, database and user, never the password.
+    #[error("cannot connect to the PostgreSQL database {server}")]
+    Connect {
+        server: String,
+        #[source]
+        source: DatabaseError,
+    },
+    /// `KILN_DATABASE_URL` (or another location given) is not a PostgreSQL URL.
+    #[error("the database URL is not a PostgreSQL URL: {reason}")]
+    BadDatabaseUrl { reason: String },
     #[error("run database query failed")]
-    Query(#[from] rusqlite::Error),
+    Query(#[from] DatabaseError),
     #[error("run `{0}` does not exist")]
     NoSuchRun(i64),
     #[error(
@@ -52,7 +73,7 @@ pub enum Error {
     Migration {
         name: &'static str,
         #[source]
-        source: rusqlite::Error,
+        source: DatabaseError,
     },
     #[error("migration `{name}` left rows of table `{table}` naming rows that do not exist")]
     MigrationBrokeKeys { name: &'static str, table: String },
@@ -94,10 +115,18 @@ impl Error {
                     .to_string(),
             ),
             Error::Corrupt { .. } => Some(
-                "the run history under `.kiln/kiln.db` was changed outside Kiln; \
-                 move it away to start a new history"
+                "the run history was changed outside Kiln; restore the database from a backup, \
+                 or (SQLite) move `.kiln/kiln.db` away to start a new history"
                     .to_string(),
             ),
+            Error::Connect { .. } => Some(format!(
+                "check that the server is running and reachable from this machine, and that \
+                 `{DATABASE_URL_ENV}` names its host, port, database, user and password; unset \
+                 it to keep the registry in `.kiln/kiln.db`"
+            )),
+            Error::BadDatabaseUrl { .. } => Some(format!(
+                "set `{DATABASE_URL_ENV}` to `postgres://USER:PASSWORD@HOST:PORT/DATABASE`"
+            )),
             _ => None,
         }
     }
@@ -196,7 +225,7 @@ fn metrics_object<S: serde::Serializer>(
 /// The run database of one project.
 #[derive(Debug)]
 pub struct Registry {
-    connection: Connection,
+    db: Database,
 }
 
 fn now_ms() -> i64 {
@@ -240,19 +269,11 @@ fn json_object(
     }
 }
 
-/// Collects rows that were each read through their type: a failed query and an unreadable row
-/// are both errors.
-fn read_rows<T>(
-    rows: impl Iterator<Item = rusqlite::Result<Result<T, Error>>>,
-) -> Result<Vec<T>, Error> {
-    rows.map(|row| row?).collect()
-}
-
 fn is_digest(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// A `runs` row as SQLite holds it, before it is read through types.
+/// A `runs` row as the database holds it, before it is read through types.
 struct RunRow {
     id: i64,
     model: String,
@@ -270,7 +291,7 @@ struct RunRow {
 impl RunRow {
     const COLUMNS: &str = "id, model, status, failure, commit_sha, dirty, started_at_ms, duration_ms, params, overrides, message";
 
-    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    fn read(row: &Row) -> Result<RunRow, DatabaseError> {
         Ok(RunRow {
             id: row.get(0)?,
             model: row.get(1)?,
@@ -307,60 +328,81 @@ impl RunRow {
     }
 }
 
-impl Registry {
-    /// Opens (creating if needed) the database at `path`, brings its schema up to date, and
-    /// marks runs whose process is gone as interrupted.
-    pub fn open(path: &Path) -> Result<Registry, Error> {
-        let open_error = |source| Error::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(parent) = path.parent() {
-            // A failure here surfaces as the open error below, with the path.
-            let _ = std::fs::create_dir_all(parent);
+/// Opens the database at `location`, as it is.
+fn open_database(location: &Location) -> Result<Database, Error> {
+    match location {
+        Location::Sqlite(path) => {
+            if let Some(parent) = path.parent() {
+                // A failure here surfaces as the open error below, with the path.
+                let _ = std::fs::create_dir_all(parent);
+            }
+            Database::open_sqlite(path).map_err(|source| Error::Open {
+                path: path.clone(),
+                source: source.into(),
+            })
         }
-        let mut connection = Connection::open(path).map_err(open_error)?;
-        connection
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")
-            .map_err(open_error)?;
-        migrations::migrate(&mut connection)?;
-        let mut registry = Registry { connection };
+        Location::Postgres(_) => {
+            let config = location.postgres_config()?;
+            let server = location::describe(&config);
+            Database::connect_postgres(config).map_err(|source| Error::Connect {
+                server,
+                source: source.into(),
+            })
+        }
+    }
+}
+
+impl Registry {
+    /// Opens (creating if needed) the SQLite database at `path`, brings its schema up to
+    /// date, and marks runs whose process is gone as interrupted.
+    pub fn open(path: &Path) -> Result<Registry, Error> {
+        Registry::connect(&Location::Sqlite(path.to_path_buf()))
+    }
+
+    /// Opens the database at `location` (a SQLite file, created if needed, or a PostgreSQL
+    /// database, which must exist), brings its schema up to date, and marks runs whose
+    /// process is gone as interrupted.
+    pub fn connect(location: &Location) -> Result<Registry, Error> {
+        let db = open_database(location)?;
+        migrations::migrate(&db)?;
+        let mut registry = Registry { db };
         registry.recover()?;
         Ok(registry)
     }
 
     /// Runs still `running` whose process has died (a crash, `kill -9`) become `interrupted`.
     fn recover(&mut self) -> Result<(), Error> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT id, pid FROM runs WHERE status = 'running'")?;
-        let running: Vec<(RunId, i64)> = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        drop(statement);
-        for (id, _) in running.into_iter().filter(|(_, pid)| !process_alive(*pid)) {
-            self.connection.execute(
+        let running = self
+            .db
+            .query("SELECT id, pid FROM runs WHERE status = 'running'", &[])?;
+        for row in running {
+            let (id, pid): (RunId, i64) = (row.get(0)?, row.get(1)?);
+            if process_alive(pid) {
+                continue;
+            }
+            self.db.execute(
                 "UPDATE runs SET status = ?2, message = 'the kiln process stopped before the run finished' WHERE id = ?1",
-                params![id, name_of(&Status::Interrupted)],
+                args![id, name_of(&Status::Interrupted)],
             )?;
         }
         Ok(())
     }
 
     pub fn start_run(&mut self, run: &NewRun) -> Result<RunId, Error> {
-        self.connection.execute(
+        let row = self.db.query_one(
             "INSERT INTO runs (model, status, dirty, started_at_ms, params, overrides, pid)
-             VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6)",
-            params![
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            args![
                 run.model,
                 name_of(&Status::Running),
+                false,
                 now_ms(),
                 run.params.to_string(),
                 run.overrides.to_string(),
                 std::process::id()
             ],
         )?;
-        Ok(self.connection.last_insert_rowid())
+        Ok(row.get(0)?)
     }
 
     /// Records everything a run produced and its final status, in one transaction.
@@ -376,136 +418,143 @@ impl Registry {
             gates,
             servable,
         } = *outcome;
-        // Immediate: the transaction reads before it writes, and a deferred one would fail at
-        // once (not wait) if another process wrote in between, e.g. registering a version.
-        let transaction = self
-            .connection
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let started: i64 = transaction
-            .query_row(
-                "SELECT started_at_ms FROM runs WHERE id = ?1",
-                [id],
-                |row| row.get(0),
-            )
-            .optional()?
-            .ok_or(Error::NoSuchRun(id))?;
-        for (position, stage) in stages.iter().enumerate() {
-            transaction.execute(
-                "INSERT OR REPLACE INTO stage_results (run_id, position, stage, outcome, duration_ms, exit_code, log_path, cache_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    id,
-                    position as i64,
-                    stage.stage,
-                    name_of(&stage.outcome),
-                    stage.duration_ms,
-                    stage.exit_code,
-                    stage.log_path,
-                    stage.cache_key,
-                ],
-            )?;
-            for (position, out) in stage.outs.iter().enumerate() {
-                transaction.execute(
-                    "INSERT OR REPLACE INTO stage_outs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
+        self.db.transaction(|tx| {
+            let started: i64 = tx
+                .query_opt("SELECT started_at_ms FROM runs WHERE id = ?1", args![id])?
+                .ok_or(Error::NoSuchRun(id))?
+                .get(0)?;
+            for (position, stage) in stages.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO stage_results (run_id, position, stage, outcome, duration_ms,
+                         exit_code, log_path, cache_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (run_id, stage) DO UPDATE SET position = excluded.position,
+                         outcome = excluded.outcome, duration_ms = excluded.duration_ms,
+                         exit_code = excluded.exit_code, log_path = excluded.log_path,
+                         cache_key = excluded.cache_key",
+                    args![
                         id,
-                        stage.stage,
                         position as i64,
-                        out.path,
-                        name_of(&out.kind),
-                        out.digest,
-                        out.executable
+                        stage.stage,
+                        name_of(&stage.outcome),
+                        stage.duration_ms,
+                        stage.exit_code,
+                        stage.log_path,
+                        stage.cache_key,
+                    ],
+                )?;
+                for (position, out) in stage.outs.iter().enumerate() {
+                    tx.execute(
+                        "INSERT INTO stage_outs (run_id, stage, position, path, kind, digest,
+                             executable)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (run_id, stage, position) DO UPDATE SET
+                             path = excluded.path, kind = excluded.kind,
+                             digest = excluded.digest, executable = excluded.executable",
+                        args![
+                            id,
+                            stage.stage,
+                            position as i64,
+                            out.path,
+                            name_of(&out.kind),
+                            out.digest,
+                            out.executable
+                        ],
+                    )?;
+                }
+            }
+            for (key, value) in metrics {
+                tx.execute(
+                    "INSERT INTO metrics (run_id, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+                    args![id, key, value],
+                )?;
+            }
+            for (position, check) in checks.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO check_results (run_id, position, stage, file, rule, passed,
+                         message, column_name)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    args![
+                        id,
+                        position as i64,
+                        check.stage,
+                        check.file,
+                        name_of(&check.rule),
+                        check.passed,
+                        check.message,
+                        check.column
                     ],
                 )?;
             }
-        }
-        for (key, value) in metrics {
-            transaction.execute(
-                "INSERT OR REPLACE INTO metrics VALUES (?1, ?2, ?3)",
-                params![id, key, value],
-            )?;
-        }
-        for (position, check) in checks.iter().enumerate() {
-            transaction.execute(
-                "INSERT INTO check_results (run_id, position, stage, file, rule, passed, message, column_name)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
+            for (position, gate) in gates.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO gate_results (run_id, position, expr, verdict, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    args![
+                        id,
+                        position as i64,
+                        gate.expr,
+                        name_of(&gate.verdict),
+                        gate.detail
+                    ],
+                )?;
+            }
+            if let Some(servable) = servable {
+                tx.execute(
+                    "INSERT INTO servable_checks (run_id, passed, message, detail, duration_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (run_id) DO UPDATE SET passed = excluded.passed,
+                         message = excluded.message, detail = excluded.detail,
+                         duration_ms = excluded.duration_ms",
+                    args![
+                        id,
+                        servable.passed,
+                        servable.message,
+                        servable.detail,
+                        servable.duration_ms
+                    ],
+                )?;
+            }
+            if let Some((commit, dirty)) = git {
+                tx.execute(
+                    "UPDATE runs SET commit_sha = ?2, dirty = ?3 WHERE id = ?1",
+                    args![id, commit, dirty],
+                )?;
+            }
+            tx.execute(
+                "UPDATE runs SET status = ?2, failure = ?3, duration_ms = ?4, message = ?5
+                 WHERE id = ?1",
+                args![
                     id,
-                    position as i64,
-                    check.stage,
-                    check.file,
-                    name_of(&check.rule),
-                    check.passed,
-                    check.message,
-                    check.column
+                    name_of(&status),
+                    failure.map(|f| name_of(&f)),
+                    now_ms() - started,
+                    message
                 ],
             )?;
-        }
-        for (position, gate) in gates.iter().enumerate() {
-            transaction.execute(
-                "INSERT INTO gate_results VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    id,
-                    position as i64,
-                    gate.expr,
-                    name_of(&gate.verdict),
-                    gate.detail
-                ],
-            )?;
-        }
-        if let Some(servable) = servable {
-            transaction.execute(
-                "INSERT OR REPLACE INTO servable_checks VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    id,
-                    servable.passed,
-                    servable.message,
-                    servable.detail,
-                    servable.duration_ms
-                ],
-            )?;
-        }
-        if let Some((commit, dirty)) = git {
-            transaction.execute(
-                "UPDATE runs SET commit_sha = ?2, dirty = ?3 WHERE id = ?1",
-                params![id, commit, dirty],
-            )?;
-        }
-        transaction.execute(
-            "UPDATE runs SET status = ?2, failure = ?3, duration_ms = ?4, message = ?5 WHERE id = ?1",
-            params![
-                id,
-                name_of(&status),
-                failure.map(|f| name_of(&f)),
-                now_ms() - started,
-                message
-            ],
-        )?;
-        transaction.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The newest runs first, optionally of one model.
     pub fn runs(&self, model: Option<&str>, limit: usize) -> Result<Vec<Run>, Error> {
         let sql = format!(
-            "SELECT {} FROM runs WHERE (?1 IS NULL OR model = ?1) ORDER BY id DESC LIMIT ?2",
+            "SELECT {} FROM runs WHERE (CAST(?1 AS TEXT) IS NULL OR model = ?1) ORDER BY id DESC LIMIT ?2",
             RunRow::COLUMNS
         );
-        let mut statement = self.connection.prepare(&sql)?;
-        let rows: Vec<RunRow> = statement
-            .query_map(params![model, limit as i64], RunRow::read)?
-            .collect::<Result<_, _>>()?;
-        rows.into_iter().map(RunRow::into_run).collect()
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .query(&sql, args![model, limit])?
+            .iter()
+            .map(|row| RunRow::read(row)?.into_run())
+            .collect()
     }
 
     pub fn run(&self, id: RunId) -> Result<RunDetail, Error> {
         let sql = format!("SELECT {} FROM runs WHERE id = ?1", RunRow::COLUMNS);
-        let run = self
-            .connection
-            .query_row(&sql, [id], RunRow::read)
-            .optional()?
-            .ok_or(Error::NoSuchRun(id))?
-            .into_run()?;
+        let row = self.db.query_opt(&sql, args![id])?;
+        let run = RunRow::read(&row.ok_or(Error::NoSuchRun(id))?)?.into_run()?;
         Ok(RunDetail {
             run,
             stages: self.stage_results(id)?,
@@ -518,127 +567,123 @@ impl Registry {
 
     fn stage_results(&self, id: RunId) -> Result<Vec<StageResult>, Error> {
         let mut outs = self.stage_outs(id)?;
-        let mut statement = self.connection.prepare(
+        let rows = self.db.query(
             "SELECT rowid, stage, outcome, duration_ms, exit_code, log_path, cache_key
              FROM stage_results WHERE run_id = ?1 ORDER BY position",
+            args![id],
         )?;
-        read_rows(statement.query_map([id], |row| {
-            let (rowid, outcome): (i64, String) = (row.get(0)?, row.get(2)?);
-            let stage: String = row.get(1)?;
-            let outs = outs.remove(&stage).unwrap_or_default();
-            let result = typed("stage_results", rowid, "outcome", &outcome);
-            Ok(result.and_then(|outcome| {
+        rows.iter()
+            .map(|row| {
+                let (rowid, stage, outcome): (i64, String, String) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?);
                 Ok(StageResult {
+                    outcome: typed("stage_results", rowid, "outcome", &outcome)?,
+                    outs: outs.remove(&stage).unwrap_or_default(),
                     stage,
-                    outcome,
                     duration_ms: row.get(3)?,
                     exit_code: row.get(4)?,
                     log_path: row.get(5)?,
                     cache_key: row.get(6)?,
-                    outs,
                 })
-            }))
-        })?)
+            })
+            .collect()
     }
 
     /// The outs of each stage of a run, in their order.
     fn stage_outs(&self, id: RunId) -> Result<HashMap<String, Vec<StageOut>>, Error> {
-        let mut statement = self.connection.prepare(
+        let rows = self.db.query(
             "SELECT rowid, stage, path, kind, digest, executable
              FROM stage_outs WHERE run_id = ?1 ORDER BY stage, position",
+            args![id],
         )?;
-        let rows = read_rows(statement.query_map([id], |row| {
+        let mut outs: HashMap<String, Vec<StageOut>> = HashMap::new();
+        for row in rows {
             let (rowid, kind, digest): (i64, String, String) =
                 (row.get(0)?, row.get(3)?, row.get(4)?);
             if !is_digest(&digest) {
-                return Ok(Err(Error::Corrupt {
+                return Err(Error::Corrupt {
                     table: "stage_outs",
                     row: rowid,
                     reason: format!("`digest` holds `{digest}`, which is not a BLAKE3 digest"),
-                }));
+                });
             }
-            let stage: String = row.get(1)?;
-            let result = typed("stage_outs", rowid, "kind", &kind);
-            Ok(result.and_then(|kind| {
-                let out = StageOut {
-                    path: row.get(2)?,
-                    kind,
-                    digest,
-                    executable: row.get(5)?,
-                };
-                Ok((stage, out))
-            }))
-        })?)?;
-        let mut outs: HashMap<String, Vec<StageOut>> = HashMap::new();
-        for (stage, out) in rows {
-            outs.entry(stage).or_default().push(out);
+            let out = StageOut {
+                path: row.get(2)?,
+                kind: typed("stage_outs", rowid, "kind", &kind)?,
+                digest,
+                executable: row.get(5)?,
+            };
+            outs.entry(row.get(1)?).or_default().push(out);
         }
         Ok(outs)
     }
 
     fn check_results(&self, id: RunId) -> Result<Vec<CheckResult>, Error> {
-        let mut statement = self.connection.prepare(
+        let rows = self.db.query(
             "SELECT rowid, stage, file, column_name, rule, passed, message
              FROM check_results WHERE run_id = ?1 ORDER BY position",
+            args![id],
         )?;
-        read_rows(statement.query_map([id], |row| {
-            let (rowid, rule): (i64, String) = (row.get(0)?, row.get(4)?);
-            let result = typed("check_results", rowid, "rule", &rule);
-            Ok(result.and_then(|rule| {
+        rows.iter()
+            .map(|row| {
+                let (rowid, rule): (i64, String) = (row.get(0)?, row.get(4)?);
                 Ok(CheckResult {
                     stage: row.get(1)?,
                     file: row.get(2)?,
                     column: row.get(3)?,
-                    rule,
+                    rule: typed("check_results", rowid, "rule", &rule)?,
                     passed: row.get(5)?,
                     message: row.get(6)?,
                 })
-            }))
-        })?)
+            })
+            .collect()
     }
 
     fn gate_results(&self, id: RunId) -> Result<Vec<GateResult>, Error> {
-        let mut statement = self.connection.prepare(
-            "SELECT rowid, expr, verdict, detail FROM gate_results WHERE run_id = ?1 ORDER BY position",
+        let rows = self.db.query(
+            "SELECT rowid, expr, verdict, detail FROM gate_results WHERE run_id = ?1
+             ORDER BY position",
+            args![id],
         )?;
-        read_rows(statement.query_map([id], |row| {
-            let (rowid, verdict): (i64, String) = (row.get(0)?, row.get(2)?);
-            let result = typed("gate_results", rowid, "verdict", &verdict);
-            Ok(result.and_then(|verdict| {
+        rows.iter()
+            .map(|row| {
+                let (rowid, verdict): (i64, String) = (row.get(0)?, row.get(2)?);
                 Ok(GateResult {
                     expr: row.get(1)?,
-                    verdict,
+                    verdict: typed("gate_results", rowid, "verdict", &verdict)?,
                     detail: row.get(3)?,
                 })
-            }))
-        })?)
+            })
+            .collect()
     }
 
     fn servable_check(&self, id: RunId) -> Result<Option<ServableResult>, Error> {
-        Ok(self
-            .connection
-            .query_row(
-                "SELECT passed, message, detail, duration_ms FROM servable_checks WHERE run_id = ?1",
-                [id],
-                |row| {
-                    Ok(ServableResult {
-                        passed: row.get(0)?,
-                        message: row.get(1)?,
-                        detail: row.get(2)?,
-                        duration_ms: row.get(3)?,
-                    })
-                },
-            )
-            .optional()?)
+        let row = self.db.query_opt(
+            "SELECT passed, message, detail, duration_ms FROM servable_checks WHERE run_id = ?1",
+            args![id],
+        )?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(ServableResult {
+            passed: row.get(0)?,
+            message: row.get(1)?,
+            detail: row.get(2)?,
+            duration_ms: row.get(3)?,
+        }))
     }
 
+    /// A run's metrics, by key (in byte order, whatever the database's collation).
     pub fn metrics(&self, id: RunId) -> Result<Vec<(String, f64)>, Error> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT key, value FROM metrics WHERE run_id = ?1 ORDER BY key")?;
-        let metrics = statement
-            .query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?
-            .collect::<Result<_, _>>()?;
+        let rows = self.db.query(
+            "SELECT key, value FROM metrics WHERE run_id = ?1",
+            args![id],
+        )?;
+        let mut metrics = rows
+            .iter()
+            .map(|row| Ok((row.get(0)?, row.get(1)?)))
+            .collect::<Result<Vec<(String, f64)>, DatabaseError>>()?;
+        metrics.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(metrics)
     }
 
@@ -651,21 +696,18 @@ impl Registry {
         before: Option<RunId>,
         succeeded_only: bool,
     ) -> Result<Option<RunId>, Error> {
-        Ok(self
-            .connection
-            .query_row(
-                "SELECT id FROM runs WHERE model = ?1 AND id < ?2 AND (?3 = 0 OR status = ?4)
-                 AND EXISTS (SELECT 1 FROM metrics WHERE run_id = runs.id)
-                 ORDER BY id DESC LIMIT 1",
-                params![
-                    model,
-                    before.unwrap_or(i64::MAX),
-                    succeeded_only,
-                    name_of(&Status::Succeeded)
-                ],
-                |row| row.get(0),
-            )
-            .optional()?)
+        let row = self.db.query_opt(
+            "SELECT id FROM runs WHERE model = ?1 AND id < ?2 AND (NOT ?3 OR status = ?4)
+             AND EXISTS (SELECT 1 FROM metrics WHERE run_id = runs.id)
+             ORDER BY id DESC LIMIT 1",
+            args![
+                model,
+                before.unwrap_or(i64::MAX),
+                succeeded_only,
+                name_of(&Status::Succeeded)
+            ],
+        )?;
+        Ok(row.map(|row| row.get(0)).transpose()?)
     }
 
     /// Remembers the inputs a stage last ran (or was restored) with.
@@ -675,27 +717,29 @@ impl Registry {
         cache_key: &str,
         inputs: &serde_json::Value,
     ) -> Result<(), Error> {
-        self.connection.execute(
-            "INSERT OR REPLACE INTO stage_state VALUES (?1, ?2, ?3)",
-            params![stage, cache_key, inputs.to_string()],
+        self.db.execute(
+            "INSERT INTO stage_state (stage, cache_key, inputs) VALUES (?1, ?2, ?3)
+             ON CONFLICT (stage) DO UPDATE SET cache_key = excluded.cache_key,
+                 inputs = excluded.inputs",
+            args![stage, cache_key, inputs.to_string()],
         )?;
         Ok(())
     }
 
     /// The cache key and inputs a stage last ran with.
     pub fn stage_state(&self, stage: &str) -> Result<Option<(String, serde_json::Value)>, Error> {
-        let row: Option<(i64, String, String)> = self
-            .connection
-            .query_row(
-                "SELECT rowid, cache_key, inputs FROM stage_state WHERE stage = ?1",
-                [stage],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .optional()?;
-        row.map(|(rowid, key, inputs)| {
-            Ok((key, json_object("stage_state", rowid, "inputs", &inputs)?))
-        })
-        .transpose()
+        let row = self.db.query_opt(
+            "SELECT rowid, cache_key, inputs FROM stage_state WHERE stage = ?1",
+            args![stage],
+        )?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let (rowid, key, inputs): (i64, String, String) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        Ok(Some((
+            key,
+            json_object("stage_state", rowid, "inputs", &inputs)?,
+        )))
     }
 }
 
@@ -703,14 +747,6 @@ impl Registry {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn new_run() -> NewRun {
-        NewRun {
-            model: "iris".into(),
-            params: json!({"train.C": 1.0}),
-            overrides: json!({}),
-        }
-    }
 
     fn stage() -> StageResult {
         StageResult {
@@ -735,74 +771,6 @@ mod tests {
                 },
             ],
         }
-    }
-
-    #[test]
-    fn records_a_run_and_reads_it_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut registry = Registry::open(&dir.path().join("kiln.db")).unwrap();
-        let id = registry.start_run(&new_run()).unwrap();
-        let stage = stage();
-        let check = CheckResult {
-            stage: "train".into(),
-            file: "data.csv".into(),
-            column: Some("sepal.length".into()),
-            rule: CheckRule::Min,
-            passed: true,
-            message: "min 4.3".into(),
-        };
-        let gate = GateResult {
-            expr: "accuracy >= 0.9".into(),
-            verdict: GateVerdict::Pass,
-            detail: "accuracy=0.95".into(),
-        };
-        let servable = ServableResult {
-            passed: false,
-            message: "`predict.py` raised `ValueError`".into(),
-            detail: Some("Traceback ...".into()),
-            duration_ms: 40,
-        };
-        registry
-            .finish_run(
-                id,
-                &RunOutcome {
-                    status: Status::Failed,
-                    failure: Some(FailureKind::Unservable),
-                    git: Some((Some("def"), true)),
-                    message: Some("the model could not be served"),
-                    stages: std::slice::from_ref(&stage),
-                    metrics: &[("accuracy".into(), 0.95)],
-                    checks: std::slice::from_ref(&check),
-                    gates: std::slice::from_ref(&gate),
-                    servable: Some(&servable),
-                },
-            )
-            .unwrap();
-        let detail = registry.run(id).unwrap();
-        assert_eq!(detail.run.status, Status::Failed);
-        assert_eq!(detail.run.failure, Some(FailureKind::Unservable));
-        assert_eq!(
-            (detail.run.commit.as_deref(), detail.run.dirty),
-            (Some("def"), true)
-        );
-        assert_eq!(detail.stages, vec![stage]);
-        assert_eq!(detail.checks, vec![check]);
-        assert_eq!(detail.gates, vec![gate]);
-        assert_eq!(detail.servable, Some(servable));
-        assert_eq!(detail.metrics, vec![("accuracy".to_string(), 0.95)]);
-        assert_eq!(
-            registry
-                .previous_run_with_metrics("iris", None, true)
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            registry
-                .previous_run_with_metrics("iris", None, false)
-                .unwrap(),
-            Some(id)
-        );
-        assert!(matches!(registry.run(99), Err(Error::NoSuchRun(99))));
     }
 
     #[test]
@@ -835,75 +803,5 @@ mod tests {
         assert_eq!(shown["params"], json!({"train.C": 1.0}));
         assert_eq!(json["outs"][1]["kind"], json!("file"));
         assert_eq!(json["outs"][1]["executable"], json!(true));
-    }
-
-    #[test]
-    fn runs_of_dead_processes_become_interrupted() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kiln.db");
-        let mut registry = Registry::open(&path).unwrap();
-        let id = registry.start_run(&new_run()).unwrap();
-        registry
-            .connection
-            .execute("UPDATE runs SET pid = 0 WHERE id = ?1", [id])
-            .unwrap();
-        drop(registry);
-        let registry = Registry::open(&path).unwrap();
-        assert_eq!(registry.run(id).unwrap().run.status, Status::Interrupted);
-    }
-
-    #[test]
-    fn an_unreadable_row_is_an_error_not_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kiln.db");
-        let mut registry = Registry::open(&path).unwrap();
-        let id = registry.start_run(&new_run()).unwrap();
-        registry
-            .finish_run(
-                id,
-                &RunOutcome {
-                    stages: std::slice::from_ref(&stage()),
-                    ..RunOutcome::bare(Status::Succeeded, None, None)
-                },
-            )
-            .unwrap();
-        let corrupt = |sql: &str| {
-            let registry = Registry::open(&path).unwrap();
-            registry.connection.execute_batch(sql).unwrap();
-            registry
-        };
-
-        let registry = corrupt("UPDATE stage_results SET outcome = 'exploded'");
-        let error = registry.run(id).unwrap_err();
-        assert!(
-            matches!(&error, Error::Corrupt { table: "stage_results", reason, .. } if reason.contains("`exploded`")),
-            "{error}"
-        );
-        assert!(error.to_string().contains("`stage_results`"), "{error}");
-        corrupt("UPDATE stage_results SET outcome = 'ran'");
-
-        let registry = corrupt("UPDATE stage_outs SET digest = 'zz' WHERE position = 0");
-        assert!(matches!(
-            registry.run(id),
-            Err(Error::Corrupt {
-                table: "stage_outs",
-                ..
-            })
-        ));
-        corrupt(&format!(
-            "UPDATE stage_outs SET digest = '{}'",
-            "0f".repeat(32)
-        ));
-
-        let registry = corrupt("UPDATE runs SET status = 'green'");
-        assert!(matches!(
-            registry.runs(None, 10),
-            Err(Error::Corrupt { table: "runs", .. })
-        ));
-        let registry = corrupt("UPDATE runs SET status = 'succeeded', params = '[1]'");
-        assert!(matches!(
-            registry.runs(None, 10),
-            Err(Error::Corrupt { table: "runs", .. })
-        ));
     }
 }

@@ -2,16 +2,17 @@
 //! its lineage; aliases (`latest`, `production`, any valid name) naming a version; and an audit
 //! trail of every alias move.
 //!
-//! The whole API is these methods of [`Registry`] and the plain types below, so that another
-//! backend (PostgreSQL) can implement the same calls. Version numbers are taken inside an
-//! immediate (write-locking) transaction: two processes registering at once get distinct,
-//! gap-free numbers, and a registration is all there or not at all.
+//! The whole API is these methods of [`Registry`] and the plain types below, the same on SQLite
+//! and PostgreSQL. Version numbers are taken inside a transaction that holds the model's write
+//! lock (SQLite's database lock, a PostgreSQL advisory lock on the model): two processes
+//! registering at once get distinct, gap-free numbers, and a registration is all there or not
+//! at all.
 
 use std::collections::BTreeMap;
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
+use crate::db::{Database, DatabaseError, Row, args};
 use crate::types::name_of;
 use crate::{Error, Registry, RunId, json_object, now_ms, typed};
 
@@ -281,7 +282,7 @@ pub fn lineage_key(artifact_digest: &str, lineage: &Lineage) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
-/// A `model_versions` row as SQLite holds it.
+/// A `model_versions` row as the database holds it.
 struct VersionRow {
     rowid: i64,
     model: String,
@@ -306,7 +307,7 @@ struct VersionRow {
 impl VersionRow {
     const COLUMNS: &str = "rowid, model, version, run_id, artifact_digest, commit_sha, dirty, params, metrics, deps, environment, servable_passed, servable_message, signature, example, profile, registered_at_ms, origin";
 
-    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
+    fn read(row: &Row) -> Result<VersionRow, DatabaseError> {
         Ok(VersionRow {
             rowid: row.get(0)?,
             model: row.get(1)?,
@@ -380,23 +381,25 @@ fn optional_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Reads an alias move row.
-fn read_move(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AliasMove, Error>> {
+fn read_move(row: &Row) -> Result<AliasMove, Error> {
     let (id, command): (i64, String) = (row.get(0)?, row.get(6)?);
-    let command = typed("alias_moves", id, "command", &command);
-    Ok(match command {
-        Ok(command) => Ok(AliasMove {
-            id,
-            model: row.get(1)?,
-            alias: row.get(2)?,
-            from_version: row.get(3)?,
-            to_version: row.get(4)?,
-            at_ms: row.get(5)?,
-            command,
-            run_id: row.get(7)?,
-            reason: row.get(8)?,
-        }),
-        Err(error) => Err(error),
+    Ok(AliasMove {
+        id,
+        model: row.get(1)?,
+        alias: row.get(2)?,
+        from_version: row.get(3)?,
+        to_version: row.get(4)?,
+        at_ms: row.get(5)?,
+        command: typed("alias_moves", id, "command", &command)?,
+        run_id: row.get(7)?,
+        reason: row.get(8)?,
     })
+}
+
+/// The name of the lock a transaction takes before it writes the versions or aliases of
+/// `model`.
+fn model_lock(model: &str) -> String {
+    format!("model\0{model}")
 }
 
 const MOVE_COLUMNS: &str =
@@ -459,117 +462,114 @@ impl Registry {
         by: MoveBy<'_>,
     ) -> Result<Registered, Error> {
         let key = lineage_key(artifact_digest, lineage);
-        // Immediate: the write lock is taken before the next number is read.
-        let transaction = self
-            .connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existing: Option<Version> = transaction
-            .query_row(
-                "SELECT version FROM model_versions WHERE model = ?1 AND lineage_key = ?2",
-                params![model, key],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if let Some(version) = existing {
-            return Ok(Registered::Existing(version));
-        }
-        let version: Version = transaction.query_row(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE model = ?1",
-            [model],
-            |row| row.get(0),
-        )?;
         let metrics: BTreeMap<&str, f64> = lineage
             .metrics
             .iter()
             .map(|(k, v)| (k.as_str(), *v))
             .collect();
         let json = |value: &serde_json::Value| value.to_string();
-        transaction.execute(
-            "INSERT INTO model_versions (model, version, run_id, artifact_digest, lineage_key,
-                 commit_sha, dirty, params, metrics, deps, environment, servable_passed,
-                 servable_message, signature, example, profile, registered_at_ms, origin)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18)",
-            params![
-                model,
-                version,
-                lineage.run_id,
-                artifact_digest,
-                key,
-                lineage.commit,
-                lineage.dirty,
-                lineage.params.to_string(),
-                serde_json::to_string(&metrics).expect("metrics serialise"),
-                serde_json::to_string(&lineage.deps).expect("deps serialise"),
-                lineage
-                    .environment
-                    .as_ref()
-                    .map(|e| serde_json::to_string(e).expect("packages serialise")),
-                lineage.servable.as_ref().map(|s| s.passed),
-                lineage.servable.as_ref().map(|s| s.message.as_str()),
-                lineage.signature.as_ref().map(json),
-                lineage.example.as_ref().map(json),
-                lineage.profile.as_ref().map(json),
-                now_ms(),
-                origin.map(|o| serde_json::to_string(o).expect("origin serialises")),
-            ],
-        )?;
-        move_alias_in(&transaction, model, LATEST, version, by, None)?;
-        transaction.commit()?;
-        Ok(Registered::New(version))
+        self.db.transaction(|tx| {
+            // The lock is taken before the next number is read.
+            tx.lock(&model_lock(model))?;
+            let existing = tx.query_opt(
+                "SELECT version FROM model_versions WHERE model = ?1 AND lineage_key = ?2",
+                args![model, key],
+            )?;
+            if let Some(row) = existing {
+                return Ok(Registered::Existing(row.get(0)?));
+            }
+            let version: Version = tx
+                .query_one(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE model = ?1",
+                    args![model],
+                )?
+                .get(0)?;
+            tx.execute(
+                "INSERT INTO model_versions (model, version, run_id, artifact_digest, lineage_key,
+                     commit_sha, dirty, params, metrics, deps, environment, servable_passed,
+                     servable_message, signature, example, profile, registered_at_ms, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                     ?17, ?18)",
+                args![
+                    model,
+                    version,
+                    lineage.run_id,
+                    artifact_digest,
+                    key,
+                    lineage.commit,
+                    lineage.dirty,
+                    lineage.params.to_string(),
+                    serde_json::to_string(&metrics).expect("metrics serialise"),
+                    serde_json::to_string(&lineage.deps).expect("deps serialise"),
+                    lineage
+                        .environment
+                        .as_ref()
+                        .map(|e| serde_json::to_string(e).expect("packages serialise")),
+                    lineage.servable.as_ref().map(|s| s.passed),
+                    lineage.servable.as_ref().map(|s| s.message.as_str()),
+                    lineage.signature.as_ref().map(json),
+                    lineage.example.as_ref().map(json),
+                    lineage.profile.as_ref().map(json),
+                    now_ms(),
+                    origin.map(|o| serde_json::to_string(o).expect("origin serialises")),
+                ],
+            )?;
+            move_alias_in(tx, model, LATEST, version, by, None)?;
+            Ok(Registered::New(version))
+        })
     }
 
-    /// Every model with versions, by name.
+    /// Every model with versions, by name (in byte order, whatever the database's collation).
     pub fn models(&self) -> Result<Vec<ModelSummary>, Error> {
-        let mut statement = self.connection.prepare(
-            "SELECT model, COUNT(*), MAX(version) FROM model_versions GROUP BY model ORDER BY model",
+        let rows = self.db.query(
+            "SELECT model, COUNT(*), MAX(version) FROM model_versions GROUP BY model",
+            &[],
         )?;
-        let rows: Vec<(String, i64, Version)> = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
-            .collect::<Result<_, _>>()?;
-        rows.into_iter()
-            .map(|(model, versions, latest_version)| {
+        let mut models = rows
+            .iter()
+            .map(|row| {
+                let model: String = row.get(0)?;
                 Ok(ModelSummary {
                     aliases: self.aliases(&model)?,
                     model,
-                    versions,
-                    latest_version,
+                    versions: row.get(1)?,
+                    latest_version: row.get(2)?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, Error>>()?;
+        models.sort_by(|a, b| a.model.cmp(&b.model));
+        Ok(models)
     }
 
     /// Each alias of `model` with the version it names.
     pub fn aliases(&self, model: &str) -> Result<BTreeMap<String, Version>, Error> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT alias, version FROM model_aliases WHERE model = ?1")?;
-        let aliases = statement
-            .query_map([model], |row| Ok((row.get(0)?, row.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        Ok(aliases)
+        let rows = self.db.query(
+            "SELECT alias, version FROM model_aliases WHERE model = ?1",
+            args![model],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| Ok((row.get(0)?, row.get(1)?)))
+            .collect::<Result<_, DatabaseError>>()?)
     }
 
     /// The version `reference` names; an error says what is missing (the model, the version,
     /// or a version in the alias).
     pub fn resolve(&self, reference: &ModelRef) -> Result<Version, Error> {
         let model = &reference.model;
-        let known: bool = self.connection.query_row(
-            "SELECT EXISTS (SELECT 1 FROM model_versions WHERE model = ?1)",
-            [model],
-            |row| row.get(0),
-        )?;
+        let known: bool = self
+            .db
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM model_versions WHERE model = ?1)",
+                args![model],
+            )?
+            .get(0)?;
         if !known {
             return Err(Error::NoSuchModel(model.clone()));
         }
         match &reference.selector {
             Selector::Version(version) => {
-                let exists: bool = self.connection.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM model_versions WHERE model = ?1 AND version = ?2)",
-                    params![model, version],
-                    |row| row.get(0),
-                )?;
-                if exists {
+                if version_exists(&self.db, model, *version)? {
                     Ok(*version)
                 } else {
                     Err(Error::NoSuchVersion {
@@ -590,14 +590,7 @@ impl Registry {
 
     /// The version `alias` of `model` names, if any.
     pub fn alias_version(&self, model: &str, alias: &str) -> Result<Option<Version>, Error> {
-        Ok(self
-            .connection
-            .query_row(
-                "SELECT version FROM model_aliases WHERE model = ?1 AND alias = ?2",
-                params![model, alias],
-                |row| row.get(0),
-            )
-            .optional()?)
+        alias_version_in(&self.db, model, alias)
     }
 
     /// One version with its lineage and aliases.
@@ -607,9 +600,8 @@ impl Registry {
             VersionRow::COLUMNS
         );
         let row = self
-            .connection
-            .query_row(&sql, params![model, version], VersionRow::read)
-            .optional()?
+            .db
+            .query_opt(&sql, args![model, version])?
             .ok_or_else(|| Error::NoSuchVersion {
                 model: model.to_string(),
                 version,
@@ -620,7 +612,7 @@ impl Registry {
             .filter(|(_, v)| *v == version)
             .map(|(alias, _)| alias)
             .collect();
-        row.into_version(aliases)
+        VersionRow::read(&row)?.into_version(aliases)
     }
 
     /// Every version of `model`, newest first.
@@ -629,13 +621,11 @@ impl Registry {
             "SELECT {} FROM model_versions WHERE model = ?1 ORDER BY version DESC",
             VersionRow::COLUMNS
         );
-        let mut statement = self.connection.prepare(&sql)?;
-        let rows: Vec<VersionRow> = statement
-            .query_map([model], VersionRow::read)?
-            .collect::<Result<_, _>>()?;
+        let rows = self.db.query(&sql, args![model])?;
         let aliases = self.aliases(model)?;
-        rows.into_iter()
+        rows.iter()
             .map(|row| {
+                let row = VersionRow::read(row)?;
                 let named = aliases
                     .iter()
                     .filter(|(_, v)| **v == row.version)
@@ -656,23 +646,16 @@ impl Registry {
         by: MoveBy<'_>,
     ) -> Result<Option<Version>, Error> {
         validate_alias(alias)?;
-        let transaction = self
-            .connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = transaction.query_row(
-            "SELECT EXISTS (SELECT 1 FROM model_versions WHERE model = ?1 AND version = ?2)",
-            params![model, version],
-            |row| row.get(0),
-        )?;
-        if !exists {
-            return Err(Error::NoSuchVersion {
-                model: model.to_string(),
-                version,
-            });
-        }
-        let from = move_alias_in(&transaction, model, alias, version, by, None)?;
-        transaction.commit()?;
-        Ok(from)
+        self.db.transaction(|tx| {
+            tx.lock(&model_lock(model))?;
+            if !version_exists(tx, model, version)? {
+                return Err(Error::NoSuchVersion {
+                    model: model.to_string(),
+                    version,
+                });
+            }
+            move_alias_in(tx, model, alias, version, by, None)
+        })
     }
 
     /// Moves `alias` of `model` back to the version it named before its latest move that is
@@ -684,103 +667,105 @@ impl Registry {
         reason: Option<&str>,
     ) -> Result<(Version, Version), Error> {
         validate_alias(alias)?;
-        let transaction = self
-            .connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let moves: Vec<(i64, Option<Version>, Option<i64>)> = {
-            let mut statement = transaction.prepare(
-                "SELECT id, from_version, undoes FROM alias_moves
-                 WHERE model = ?1 AND alias = ?2 ORDER BY id DESC",
-            )?;
-            statement
-                .query_map(params![model, alias], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })?
-                .collect::<Result<_, _>>()?
-        };
-        let current: Option<Version> = transaction
-            .query_row(
-                "SELECT version FROM model_aliases WHERE model = ?1 AND alias = ?2",
-                params![model, alias],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let Some(current) = current else {
-            return Err(Error::AliasUnset {
-                model: model.to_string(),
-                alias: alias.to_string(),
-            });
-        };
-        let mut undone = Vec::new();
-        let mut target = None;
-        for (id, from, undoes) in moves {
-            if let Some(undoes) = undoes {
-                undone.push(undoes);
-                continue;
+        self.db.transaction(|tx| {
+            tx.lock(&model_lock(model))?;
+            let moves = tx
+                .query(
+                    "SELECT id, from_version, undoes FROM alias_moves
+                     WHERE model = ?1 AND alias = ?2 ORDER BY id DESC",
+                    args![model, alias],
+                )?
+                .iter()
+                .map(|row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .collect::<Result<Vec<(i64, Option<Version>, Option<i64>)>, DatabaseError>>()?;
+            let Some(current) = alias_version_in(tx, model, alias)? else {
+                return Err(Error::AliasUnset {
+                    model: model.to_string(),
+                    alias: alias.to_string(),
+                });
+            };
+            let mut undone = Vec::new();
+            let mut target = None;
+            for (id, from, undoes) in moves {
+                if let Some(undoes) = undoes {
+                    undone.push(undoes);
+                    continue;
+                }
+                if undone.contains(&id) {
+                    continue;
+                }
+                target = Some((id, from));
+                break;
             }
-            if undone.contains(&id) {
-                continue;
-            }
-            target = Some((id, from));
-            break;
-        }
-        let Some((undoes, Some(to))) = target else {
-            return Err(Error::NothingToRollBack {
-                model: model.to_string(),
-                alias: alias.to_string(),
-            });
-        };
-        move_alias_in(
-            &transaction,
-            model,
-            alias,
-            to,
-            MoveBy {
+            let Some((undoes, Some(to))) = target else {
+                return Err(Error::NothingToRollBack {
+                    model: model.to_string(),
+                    alias: alias.to_string(),
+                });
+            };
+            let by = MoveBy {
                 command: AliasCommand::Rollback,
                 run_id: None,
                 reason,
-            },
-            Some(undoes),
-        )?;
-        transaction.commit()?;
-        Ok((current, to))
+            };
+            move_alias_in(tx, model, alias, to, by, Some(undoes))?;
+            Ok((current, to))
+        })
     }
 
     /// The alias moves of `model`, oldest first; of one alias when given.
     pub fn alias_history(&self, model: &str, alias: Option<&str>) -> Result<Vec<AliasMove>, Error> {
         let sql = format!(
-            "SELECT {MOVE_COLUMNS} FROM alias_moves WHERE model = ?1 AND (?2 IS NULL OR alias = ?2) ORDER BY id"
+            "SELECT {MOVE_COLUMNS} FROM alias_moves WHERE model = ?1 AND (CAST(?2 AS TEXT) IS NULL OR alias = ?2) ORDER BY id"
         );
-        let mut statement = self.connection.prepare(&sql)?;
-        crate::read_rows(statement.query_map(params![model, alias], read_move)?)
+        self.db
+            .query(&sql, args![model, alias])?
+            .iter()
+            .map(read_move)
+            .collect()
     }
 }
 
-/// Points `alias` at `version` and appends the move to the audit trail, inside `transaction`.
+/// Whether `model` has version `version`.
+fn version_exists(db: &Database, model: &str, version: Version) -> Result<bool, Error> {
+    Ok(db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM model_versions WHERE model = ?1 AND version = ?2)",
+            args![model, version],
+        )?
+        .get(0)?)
+}
+
+/// The version `alias` of `model` names, if any.
+fn alias_version_in(db: &Database, model: &str, alias: &str) -> Result<Option<Version>, Error> {
+    let row = db.query_opt(
+        "SELECT version FROM model_aliases WHERE model = ?1 AND alias = ?2",
+        args![model, alias],
+    )?;
+    Ok(row.map(|row| row.get(0)).transpose()?)
+}
+
+/// Points `alias` at `version` and appends the move to the audit trail, inside a transaction
+/// that holds the model's lock.
 fn move_alias_in(
-    transaction: &rusqlite::Transaction<'_>,
+    tx: &Database,
     model: &str,
     alias: &str,
     version: Version,
     by: MoveBy<'_>,
     undoes: Option<i64>,
 ) -> Result<Option<Version>, Error> {
-    let from: Option<Version> = transaction
-        .query_row(
-            "SELECT version FROM model_aliases WHERE model = ?1 AND alias = ?2",
-            params![model, alias],
-            |row| row.get(0),
-        )
-        .optional()?;
-    transaction.execute(
+    let from = alias_version_in(tx, model, alias)?;
+    tx.execute(
         "INSERT INTO model_aliases (model, alias, version) VALUES (?1, ?2, ?3)
          ON CONFLICT (model, alias) DO UPDATE SET version = excluded.version",
-        params![model, alias, version],
+        args![model, alias, version],
     )?;
-    transaction.execute(
-        "INSERT INTO alias_moves (model, alias, from_version, to_version, at_ms, command, run_id, reason, undoes)
+    tx.execute(
+        "INSERT INTO alias_moves (model, alias, from_version, to_version, at_ms, command, run_id,
+             reason, undoes)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
+        args![
             model,
             alias,
             from,
@@ -798,22 +783,7 @@ fn move_alias_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{NewRun, RunOutcome, Status};
     use serde_json::json;
-
-    fn run(registry: &mut Registry) -> RunId {
-        let id = registry
-            .start_run(&NewRun {
-                model: "iris".into(),
-                params: json!({"train.C": 1.0}),
-                overrides: json!({}),
-            })
-            .unwrap();
-        registry
-            .finish_run(id, &RunOutcome::bare(Status::Succeeded, None, None))
-            .unwrap();
-        id
-    }
 
     fn lineage(run_id: RunId, accuracy: f64) -> Lineage {
         Lineage {
@@ -838,215 +808,6 @@ mod tests {
 
     fn digest(n: u8) -> String {
         format!("{n:02x}").repeat(32)
-    }
-
-    #[test]
-    fn registers_versions_with_lineage_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut registry = Registry::open(&dir.path().join("kiln.db")).unwrap();
-        let first = run(&mut registry);
-        assert_eq!(
-            registry
-                .register_version("iris", &digest(1), &lineage(first, 0.9))
-                .unwrap(),
-            Registered::New(1)
-        );
-        // A cached rerun: another run id and servable message, the same model.
-        let again = run(&mut registry);
-        let mut same = lineage(again, 0.9);
-        same.servable.as_mut().unwrap().message = "predicted 5 rows in 3 ms".into();
-        same.params = json!({"prepare.seed": 7, "train.C": 1.0});
-        assert_eq!(
-            registry
-                .register_version("iris", &digest(1), &same)
-                .unwrap(),
-            Registered::Existing(1)
-        );
-        let second = run(&mut registry);
-        assert_eq!(
-            registry
-                .register_version("iris", &digest(2), &lineage(second, 0.95))
-                .unwrap(),
-            Registered::New(2)
-        );
-        let shown = registry.model_version("iris", 1).unwrap();
-        assert_eq!(shown.lineage, lineage(first, 0.9));
-        assert_eq!(shown.artifact_digest, digest(1));
-        assert!(shown.aliases.is_empty());
-        assert_eq!(
-            registry.model_version("iris", 2).unwrap().aliases,
-            ["latest"]
-        );
-        let models = registry.models().unwrap();
-        assert_eq!(models.len(), 1);
-        assert_eq!((models[0].versions, models[0].latest_version), (2, 2));
-        assert_eq!(models[0].aliases, BTreeMap::from([("latest".into(), 2)]));
-        assert!(matches!(
-            registry.model_version("iris", 3),
-            Err(Error::NoSuchVersion { version: 3, .. })
-        ));
-    }
-
-    #[test]
-    fn an_imported_version_keeps_its_lineage_and_origin_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut registry = Registry::open(&dir.path().join("kiln.db")).unwrap();
-        // Run 41 is in the registry the version was exported from, not in this one.
-        let exported = lineage(41, 0.9);
-        let origin = Origin {
-            model: "iris".into(),
-            version: 3,
-            registered_at_ms: 1_700_000_000_000,
-            source: "iris-v3.tar".into(),
-        };
-        let imported = registry
-            .import_version("iris", &digest(1), &exported, &origin)
-            .unwrap();
-        assert_eq!(imported, Registered::New(1));
-        assert_eq!(
-            registry
-                .import_version("iris", &digest(1), &exported, &origin)
-                .unwrap(),
-            Registered::Existing(1)
-        );
-        let shown = registry.model_version("iris", 1).unwrap();
-        assert_eq!(shown.lineage, exported);
-        assert_eq!(shown.origin, Some(origin));
-        assert_eq!(shown.aliases, ["latest"]);
-        let moves = registry.alias_history("iris", None).unwrap();
-        assert_eq!(moves.len(), 1);
-        assert_eq!(moves[0].command, AliasCommand::Import);
-        assert_eq!(
-            moves[0].reason.as_deref(),
-            Some("imported from `iris-v3.tar` (iris@v3)")
-        );
-        // A version trained here afterwards is the next number.
-        let id = run(&mut registry);
-        let next = registry
-            .register_version("iris", &digest(2), &lineage(id, 0.95))
-            .unwrap();
-        assert_eq!(next, Registered::New(2));
-        assert_eq!(registry.model_version("iris", 2).unwrap().origin, None);
-    }
-
-    #[test]
-    fn two_threads_registering_get_distinct_gap_free_numbers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kiln.db");
-        Registry::open(&path).unwrap();
-        let threads: Vec<_> = (0..2u8)
-            .map(|thread| {
-                let path = path.clone();
-                std::thread::spawn(move || {
-                    let mut registry = Registry::open(&path).unwrap();
-                    (0..60u8)
-                        .map(|i| {
-                            let id = run(&mut registry);
-                            registry
-                                .register_version(
-                                    "iris",
-                                    &digest(thread * 100 + i),
-                                    &lineage(id, 0.9),
-                                )
-                                .unwrap()
-                                .version()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut versions: Vec<Version> = threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
-        versions.sort();
-        assert_eq!(versions, (1..=120).collect::<Vec<_>>());
-        let registry = Registry::open(&path).unwrap();
-        assert_eq!(registry.alias_version("iris", LATEST).unwrap(), Some(120));
-        assert_eq!(
-            registry.alias_history("iris", Some(LATEST)).unwrap().len(),
-            120
-        );
-    }
-
-    #[test]
-    fn aliases_move_roll_back_through_history_and_are_audited() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut registry = Registry::open(&dir.path().join("kiln.db")).unwrap();
-        for n in 1..=3 {
-            let id = run(&mut registry);
-            registry
-                .register_version("iris", &digest(n), &lineage(id, 0.9))
-                .unwrap();
-        }
-        let by = |command| MoveBy {
-            command,
-            run_id: None,
-            reason: Some("tested"),
-        };
-        let production = ModelRef::parse("iris@production").unwrap();
-        assert!(matches!(
-            registry.resolve(&production),
-            Err(Error::AliasUnset { .. })
-        ));
-        assert_eq!(
-            registry
-                .move_alias("iris", "production", 1, by(AliasCommand::Alias))
-                .unwrap(),
-            None
-        );
-        registry
-            .move_alias("iris", "production", 2, by(AliasCommand::Promote))
-            .unwrap();
-        registry
-            .move_alias("iris", "production", 3, by(AliasCommand::Promote))
-            .unwrap();
-        assert_eq!(registry.resolve(&production).unwrap(), 3);
-        assert_eq!(
-            registry.rollback_alias("iris", "production", None).unwrap(),
-            (3, 2)
-        );
-        assert_eq!(
-            registry.rollback_alias("iris", "production", None).unwrap(),
-            (2, 1)
-        );
-        assert!(matches!(
-            registry.rollback_alias("iris", "production", None),
-            Err(Error::NothingToRollBack { .. })
-        ));
-        let history = registry.alias_history("iris", Some("production")).unwrap();
-        let moves: Vec<_> = history
-            .iter()
-            .map(|m| (m.from_version, m.to_version, m.command))
-            .collect();
-        assert_eq!(
-            moves,
-            [
-                (None, 1, AliasCommand::Alias),
-                (Some(1), 2, AliasCommand::Promote),
-                (Some(2), 3, AliasCommand::Promote),
-                (Some(3), 2, AliasCommand::Rollback),
-                (Some(2), 1, AliasCommand::Rollback),
-            ]
-        );
-        assert_eq!(history[0].reason.as_deref(), Some("tested"));
-        assert!(matches!(
-            registry.move_alias("iris", "production", 9, by(AliasCommand::Alias)),
-            Err(Error::NoSuchVersion { version: 9, .. })
-        ));
-        for bad in ["latest", "v2", "Prod", "", "a b"] {
-            assert!(
-                matches!(
-                    registry.move_alias("iris", bad, 1, by(AliasCommand::Alias)),
-                    Err(Error::BadAlias { .. })
-                ),
-                "{bad}"
-            );
-        }
-        assert!(matches!(
-            registry.resolve(&ModelRef::parse("wine").unwrap()),
-            Err(Error::NoSuchModel(_))
-        ));
     }
 
     #[test]
