@@ -512,11 +512,53 @@ impl Database {
     /// one ends. SQLite's transactions already hold the database's write lock.
     pub(crate) fn lock(&self, name: &str) -> Result<(), DatabaseError> {
         if self.dialect() == Dialect::Postgres {
-            let digest = blake3::hash(format!("kiln-lock\0{name}").as_bytes());
-            let key = i64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"));
+            let key = Database::lock_key(name);
             self.execute("SELECT pg_advisory_xact_lock(?1)", args![key])?;
         }
         Ok(())
+    }
+
+    /// The advisory lock key of `name`, the same in every process.
+    fn lock_key(name: &str) -> i64 {
+        let digest = blake3::hash(format!("kiln-lock\0{name}").as_bytes());
+        i64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"))
+    }
+
+    /// PostgreSQL: holds a lock on run `id` for as long as this connection lives (or until
+    /// [`Database::release_run`]), which tells other machines that the run's process is alive.
+    /// SQLite: nothing (the run's process id tells it, on the one machine).
+    pub(crate) fn hold_run(&self, id: i64) -> Result<(), DatabaseError> {
+        if self.dialect() == Dialect::Postgres {
+            let key = Database::lock_key(&format!("run\0{id}"));
+            self.execute("SELECT pg_advisory_lock(?1)", args![key])?;
+        }
+        Ok(())
+    }
+
+    /// Releases the lock [`Database::hold_run`] took.
+    pub(crate) fn release_run(&self, id: i64) -> Result<(), DatabaseError> {
+        if self.dialect() == Dialect::Postgres {
+            let key = Database::lock_key(&format!("run\0{id}"));
+            self.execute("SELECT pg_advisory_unlock(?1)", args![key])?;
+        }
+        Ok(())
+    }
+
+    /// Whether the process of run `id` still holds it, as far as the database can tell:
+    /// `None` on SQLite (ask about the process id), on PostgreSQL whether any connection
+    /// holds the run's lock.
+    pub(crate) fn run_is_held(&self, id: i64) -> Result<Option<bool>, DatabaseError> {
+        if self.dialect() == Dialect::Sqlite {
+            return Ok(None);
+        }
+        let key = Database::lock_key(&format!("run\0{id}"));
+        let free: bool = self
+            .query_one("SELECT pg_try_advisory_lock(?1)", args![key])?
+            .get(0)?;
+        if free {
+            self.execute("SELECT pg_advisory_unlock(?1)", args![key])?;
+        }
+        Ok(Some(!free))
     }
 
     /// The schema version, outside any transaction (0: an empty database).

@@ -377,7 +377,13 @@ impl Registry {
             .query("SELECT id, pid FROM runs WHERE status = 'running'", &[])?;
         for row in running {
             let (id, pid): (RunId, i64) = (row.get(0)?, row.get(1)?);
-            if process_alive(pid) {
+            // On PostgreSQL the run's process may be on another machine: it holds a lock on
+            // the run for as long as it lives. On SQLite it is on this one.
+            let alive = match self.db.run_is_held(id)? {
+                Some(held) => held,
+                None => process_alive(pid),
+            };
+            if alive {
                 continue;
             }
             self.db.execute(
@@ -388,21 +394,29 @@ impl Registry {
         Ok(())
     }
 
+    /// Records a run as `running`; it stays so until [`Registry::finish_run`], or until its
+    /// process is found gone when a registry opens.
     pub fn start_run(&mut self, run: &NewRun) -> Result<RunId, Error> {
-        let row = self.db.query_one(
-            "INSERT INTO runs (model, status, dirty, started_at_ms, params, overrides, pid)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
-            args![
-                run.model,
-                name_of(&Status::Running),
-                false,
-                now_ms(),
-                run.params.to_string(),
-                run.overrides.to_string(),
-                std::process::id()
-            ],
-        )?;
-        Ok(row.get(0)?)
+        // The run is held before any other process can see it.
+        self.db.transaction(|tx| {
+            let id: RunId = tx
+                .query_one(
+                    "INSERT INTO runs (model, status, dirty, started_at_ms, params, overrides, pid)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                    args![
+                        run.model,
+                        name_of(&Status::Running),
+                        false,
+                        now_ms(),
+                        run.params.to_string(),
+                        run.overrides.to_string(),
+                        std::process::id()
+                    ],
+                )?
+                .get(0)?;
+            tx.hold_run(id)?;
+            Ok(id)
+        })
     }
 
     /// Records everything a run produced and its final status, in one transaction.
@@ -534,7 +548,9 @@ impl Registry {
                 ],
             )?;
             Ok(())
-        })
+        })?;
+        self.db.release_run(id)?;
+        Ok(())
     }
 
     /// The newest runs first, optionally of one model.

@@ -269,19 +269,30 @@ fn remembers_stage_state(backend: &Backend) {
 }
 
 fn runs_of_dead_processes_become_interrupted(backend: &Backend) {
-    let mut registry = open(backend);
-    let dead = registry.start_run(&new_run("iris")).unwrap();
-    let alive = registry.start_run(&new_run("iris")).unwrap();
+    let mut crashed = open(backend);
+    let dead = crashed.start_run(&new_run("iris")).unwrap();
+    let mut running = open(backend);
+    let alive = running.start_run(&new_run("iris")).unwrap();
+    // Its process is gone: on this machine (no process 0), and from the database (its
+    // connection closed).
     backend
         .execute(&format!("UPDATE runs SET pid = 0 WHERE id = {dead}"))
         .unwrap();
-    drop(registry);
+    drop(crashed);
     let registry = open(backend);
     let interrupted = registry.run(dead).unwrap().run;
     assert_eq!(interrupted.status, Status::Interrupted);
     assert!(interrupted.message.unwrap().contains("stopped"));
-    // This process is alive: its run goes on.
+    // This process is alive and holds its registry: its run goes on, and ends as it says.
     assert_eq!(registry.run(alive).unwrap().run.status, Status::Running);
+    running
+        .finish_run(alive, &RunOutcome::bare(Status::Succeeded, None, None))
+        .unwrap();
+    drop(running);
+    assert_eq!(
+        open(backend).run(alive).unwrap().run.status,
+        Status::Succeeded
+    );
 }
 
 fn an_unreadable_row_is_an_error_not_skipped(backend: &Backend) {
@@ -735,6 +746,24 @@ fn models_and_metrics_are_listed_in_byte_order(backend: &Backend) {
         .map(|(k, _)| k)
         .collect();
     assert_eq!(keys, ["B", "a.x", "a_x", "b"]);
+}
+
+/// On PostgreSQL a run's process may be on another machine, where its process id means
+/// nothing here: the run stays `running` while its process holds its registry open.
+#[test]
+fn a_postgres_run_of_another_machine_stays_running() {
+    let backend = Backend::postgres();
+    let mut elsewhere = open(&backend);
+    let id = elsewhere.start_run(&new_run("iris")).unwrap();
+    backend
+        .execute(&format!("UPDATE runs SET pid = 0 WHERE id = {id}"))
+        .unwrap();
+    assert_eq!(open(&backend).run(id).unwrap().run.status, Status::Running);
+    drop(elsewhere);
+    assert_eq!(
+        open(&backend).run(id).unwrap().run.status,
+        Status::Interrupted
+    );
 }
 
 #[test]
