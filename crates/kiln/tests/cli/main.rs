@@ -2,6 +2,7 @@
 
 mod check;
 mod common;
+mod database_url;
 mod example;
 mod formats;
 mod init;
