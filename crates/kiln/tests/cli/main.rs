@@ -7,6 +7,7 @@ mod example;
 mod formats;
 mod init;
 mod models;
+mod notify;
 mod run;
 mod runs;
 mod servable;
