@@ -258,6 +258,7 @@ impl Reader<'_> {
             stages,
             artifact,
             example: None,
+            training_data: None,
             gates: Vec::new(),
         })
     }
