@@ -17,6 +17,7 @@ pub mod python_env;
 pub mod run;
 pub mod stage;
 pub mod status;
+pub mod training_data;
 pub mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -125,6 +126,14 @@ pub enum Error {
         out: RelPath,
         artifact: RelPath,
     },
+    #[error("cannot profile the training data `{path}` of model `{model}`")]
+    Profile {
+        model: String,
+        /// As the user knows it: relative to the project root.
+        path: String,
+        #[source]
+        source: kiln_profile::Error,
+    },
     #[error("run {run} recorded the out `{path}` with a digest that is not one: `{digest}`")]
     BadDigest {
         run: RunId,
@@ -168,6 +177,7 @@ impl Error {
                 "add `artifact: PATH` to model `{model}`, naming the file or folder a stage writes for serving"
             )),
             Error::NoGreenRun { model } => Some(format!("run `kiln run {model}` first")),
+            Error::Profile { source, .. } => source.hint(),
             Error::ArtifactMissing { .. } => {
                 Some("make the stage write the artifact, or fix the `artifact` path".into())
             }

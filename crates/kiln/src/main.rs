@@ -13,6 +13,7 @@ mod printer;
 mod report;
 mod serve_cmd;
 mod ui;
+mod version_data;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -25,7 +25,8 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show a version: lineage, metrics, aliases (`iris` is `iris@latest`).
+    /// Show a version: lineage, metrics, aliases, signature, example and training-data profile
+    /// (`iris` is `iris@latest`).
     Show {
         /// `MODEL`, `MODEL@vN` or `MODEL@ALIAS`.
         #[arg(value_name = "MODEL[@VERSION|@ALIAS]")]
@@ -33,7 +34,8 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Compare two versions: metrics with deltas, params, dep digests, commits.
+    /// Compare two versions: metrics with deltas, params, dep digests, commits, and per-column
+    /// changes of their training data.
     Diff {
         #[arg(value_name = "MODEL@A")]
         a: String,
@@ -316,6 +318,11 @@ fn show(registry: &Registry, text: &str, json: bool) -> Result<()> {
             outln!("  {package}");
         }
     }
+    crate::version_data::show(
+        lineage.signature.as_ref(),
+        lineage.example.as_ref(),
+        lineage.profile.as_ref(),
+    )?;
     Ok(())
 }
 
@@ -357,6 +364,8 @@ struct VersionDiff<'a> {
     params: Vec<ValueChange<serde_json::Value>>,
     /// Only the deps whose digest differs.
     deps: Vec<ValueChange<Option<String>>>,
+    /// Per column of the training data, when both versions have a profile.
+    profile: Option<crate::version_data::ProfileDiff>,
 }
 
 fn side(version: &ModelVersion) -> DiffSide<'_> {
@@ -422,6 +431,10 @@ fn diff(registry: &Registry, a: &str, b: &str, json: bool) -> Result<()> {
         params: changes(&params_of(&first), &params_of(&second)),
         deps: changes(&first.lineage.deps, &second.lineage.deps),
         metrics,
+        profile: crate::version_data::profile_diff(
+            first.lineage.profile.as_ref(),
+            second.lineage.profile.as_ref(),
+        ),
     };
     if json {
         outln!("{}", serde_json::to_string_pretty(&shown)?);
@@ -486,6 +499,7 @@ fn diff(registry: &Registry, a: &str, b: &str, json: bool) -> Result<()> {
             digest(&change.b)
         );
     }
+    crate::version_data::print_profile_diff(shown.profile.as_ref())?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ mod common;
 mod example;
 mod formats;
 mod init;
+mod lineage;
 mod models;
 mod run;
 mod runs;
