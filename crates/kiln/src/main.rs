@@ -9,6 +9,7 @@ mod exit;
 mod files;
 mod init_cmd;
 mod models_cmd;
+mod notify;
 mod printer;
 mod report;
 mod serve_cmd;

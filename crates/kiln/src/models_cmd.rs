@@ -16,7 +16,9 @@ use serde::Serialize;
 use crate::commands::load;
 use crate::error::{CliError, Result};
 use crate::exit;
+use crate::notify;
 use crate::printer::{errln, outln};
+use kiln_notify::Event;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
@@ -110,15 +112,15 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
             let version = registry.resolve(&reference)?;
             let by = moved_by(AliasCommand::Alias, reason.as_deref());
             let from = registry.move_alias(&reference.model, &alias, version, by)?;
-            moved(
-                &root,
-                &workspace,
-                &reference.model,
-                &alias,
+            let shown = Move {
+                model: &reference.model,
+                alias: &alias,
                 from,
-                version,
-                json,
-            )?;
+                to: version,
+                reason: reason.as_deref(),
+                event: Event::Promoted,
+            };
+            moved(&root, &workspace, &shown, json)?;
         }
         ModelsCommand::Promote {
             model,
@@ -134,7 +136,15 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
             let version = registry.resolve(&source)?;
             let by = moved_by(AliasCommand::Promote, reason.as_deref());
             let before = registry.move_alias(&model, &to, version, by)?;
-            moved(&root, &workspace, &model, &to, before, version, json)?;
+            let shown = Move {
+                model: &model,
+                alias: &to,
+                from: before,
+                to: version,
+                reason: reason.as_deref(),
+                event: Event::Promoted,
+            };
+            moved(&root, &workspace, &shown, json)?;
         }
         ModelsCommand::Rollback {
             model,
@@ -143,7 +153,15 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
             json,
         } => {
             let (from, to) = registry.rollback_alias(&model, &alias, reason.as_deref())?;
-            moved(&root, &workspace, &model, &alias, Some(from), to, json)?;
+            let shown = Move {
+                model: &model,
+                alias: &alias,
+                from: Some(from),
+                to,
+                reason: reason.as_deref(),
+                event: Event::RolledBack,
+            };
+            moved(&root, &workspace, &shown, json)?;
         }
     }
     Ok(exit::code(exit::SUCCESS))
@@ -182,17 +200,27 @@ struct Moved<'a> {
     to_version: Version,
 }
 
-/// Reports an alias move and moves its serving link; a link that cannot be moved (no project
-/// here, a model without artifact) is a warning: the move itself is recorded.
-fn moved(
-    root: &Path,
-    workspace: &Workspace,
-    model: &str,
-    alias: &str,
+/// An alias move a command made.
+struct Move<'a> {
+    model: &'a str,
+    alias: &'a str,
     from: Option<Version>,
     to: Version,
-    json: bool,
-) -> Result<()> {
+    reason: Option<&'a str>,
+    /// What it is for notifications.
+    event: Event,
+}
+
+/// Reports an alias move, moves its serving link and notifies; a link that cannot be moved
+/// (no project here, a model without artifact) is a warning: the move itself is recorded.
+fn moved(root: &Path, workspace: &Workspace, shown: &Move<'_>, json: bool) -> Result<()> {
+    let &Move {
+        model,
+        alias,
+        from,
+        to,
+        ..
+    } = shown;
     if json {
         let shown = Moved {
             model,
@@ -203,14 +231,26 @@ fn moved(
         outln!("{}", serde_json::to_string_pretty(&shown)?);
     }
     errln!("`{model}@{alias}`: {} -> v{to}", named(from));
-    let published = load(root).and_then(|project| {
-        Ok(kiln_pipeline::publish_alias(
-            workspace, &project, model, alias,
-        )?)
-    });
-    if let Err(error) = published {
+    let project = match load(root) {
+        Ok(project) => project,
+        Err(error) => {
+            errln!("warning: could not publish `{model}@{alias}` for serving: {error}");
+            return Ok(());
+        }
+    };
+    if let Err(error) = kiln_pipeline::publish_alias(workspace, &project, model, alias) {
         errln!("warning: could not publish `{model}@{alias}` for serving: {error}");
     }
+    let notifier = notify::start(&project);
+    notifier.send(&notify::alias_message(
+        shown.event,
+        model,
+        alias,
+        from,
+        to,
+        shown.reason,
+    ));
+    notify::finish(notifier);
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod formats;
 mod init;
 mod lineage;
 mod models;
+mod notify;
 mod run;
 mod runs;
 mod servable;

@@ -12,7 +12,7 @@ use crate::serve::{free_port, post, spawn_serve, terminate, test_python, wait_li
 
 /// A model whose artifact is the folder `model` (its `predict.py` and `score.json`), whose
 /// accuracy is what `score.json` says, gated against the version in `production`.
-fn project() -> TestProject {
+pub(crate) fn project() -> TestProject {
     let project = TestProject::new(
         "models:\n  m:\n    stages:\n      package: {cmd: 'mkdir -p model && cp predict.py score.json model/ && cp score.json metrics.json', deps: [predict.py, score.json], outs: [model], metrics: [metrics.json]}\n    artifact: model\n    example: example.csv\n    gates: [\"accuracy >= production.accuracy - 0.01\"]\n",
     );
