@@ -243,6 +243,8 @@ pub struct ColumnChange {
 #[derive(Debug, Serialize)]
 pub struct ProfileDiff {
     pub source: (Option<String>, Option<String>),
+    /// Both profiles describe files of the same content (by digest).
+    pub same_content: bool,
     pub rows: (u64, u64),
     pub columns: Vec<ColumnChange>,
 }
@@ -279,7 +281,10 @@ pub fn profile_diff(a: Option<&Value>, b: Option<&Value>) -> Option<ProfileDiff>
             }
         })
         .collect();
+    let digest = |p: &Profile| p.source.as_ref().and_then(|s| s.digest.clone());
+    let same_content = digest(&a).is_some() && digest(&a) == digest(&b);
     Some(ProfileDiff {
+        same_content,
         source: (a.source.map(|s| s.path), b.source.map(|s| s.path)),
         rows: (a.rows, b.rows),
         columns,
@@ -292,6 +297,11 @@ pub fn print_profile_diff(diff: Option<&ProfileDiff>) -> Result<()> {
         outln!("\ntraining data: (not compared: both versions need a profile)");
         return Ok(());
     };
+    if diff.same_content {
+        let path = diff.source.1.as_deref().unwrap_or("?");
+        outln!("\ntraining data: unchanged (`{path}`, same content)");
+        return Ok(());
+    }
     outln!("\ntraining data: {} -> {} rows", diff.rows.0, diff.rows.1);
     let width = diff
         .columns

@@ -106,6 +106,7 @@ fn a_version_carries_its_signature_example_and_training_data_profile() {
 
     let diff = json_of(&project, &["models", "diff", "m@v1", "m@v2", "--json"]);
     let profile = &diff["profile"];
+    assert_eq!(profile["same_content"], json!(false));
     assert_eq!(profile["rows"], json!([3, 4]));
     let a = &profile["columns"][0];
     assert_eq!(
@@ -124,6 +125,11 @@ fn a_version_carries_its_signature_example_and_training_data_profile() {
     ] {
         assert!(text.contains(line), "`{line}` not in:\n{text}");
     }
+    let text = stdout(&project.kiln(&["models", "diff", "m@v2", "m@latest"]));
+    assert!(
+        text.contains("training data: unchanged (`train.csv`, same content)"),
+        "{text}"
+    );
 }
 
 #[test]
