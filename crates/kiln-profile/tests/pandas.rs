@@ -78,7 +78,7 @@ impl Lcg {
 fn generated_csv(rows: usize) -> String {
     let mut random = Lcg(42);
     let mut text = String::from(
-        "id,age,income,ratio,flag,species,maybe_flag,mixed,code,empty,constant,skewed\n",
+        "id,age,income,ratio,flag,species,maybe_flag,mixed,code,empty,constant,skewed,flag_then_word\n",
     );
     let species = ["setosa", "versicolor", "virginica", "hybrid"];
     let missing = ["", "NA", "NaN", "null", "N/A", "None", "nan", "<NA>"];
@@ -106,13 +106,15 @@ fn generated_csv(rows: usize) -> String {
         };
         let code = format!("C{:03}", (random.next() * 300.0) as u32);
         let skewed = format!("{:e}", (random.next() * 12.0).exp());
+        // Booleans, then a word: the earlier booleans count as text, spelled as written.
+        let flag_then_word = if row == rows * 3 / 4 { "unknown" } else { flag };
         if row == rows / 2 {
             // A short row: the missing fields read as missing.
             text.push_str(&format!("{row},{age},{income},{ratio},{flag}\n"));
             continue;
         }
         text.push_str(&format!(
-            "{row},{age},{income},{ratio},{flag},{kind},{maybe_flag},{mixed},{code},,7,{skewed}\n"
+            "{row},{age},{income},{ratio},{flag},{kind},{maybe_flag},{mixed},{code},,7,{skewed},{flag_then_word}\n"
         ));
     }
     text
@@ -223,7 +225,7 @@ fn profiles_match_pandas_and_numpy() {
         dtypes,
         [
             "int64", "int64", "float64", "float64", "bool", "string", "string", "string", "string",
-            "float64", "float64", "float64"
+            "float64", "float64", "float64", "string"
         ]
     );
 }
