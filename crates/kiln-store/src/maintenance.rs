@@ -20,8 +20,10 @@ use crate::{Digest, Error, Store, Tree};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Root {
     pub digest: Digest,
-    /// Who names it, for people: `iris@v3`, `stage-cache 1f2e…: data/processed`, `run 12: model.onnx`.
+    /// Who names it, for people: `iris@v3`, ``stage-cache `1f2e…` ``, `run 12`.
     pub referrer: String,
+    /// The path the referrer gives it (a run's out), if any.
+    pub path: Option<String>,
     /// Whether the content must be in this store; `false` for content that may live only in
     /// a remote store (a registered version, fetched when needed).
     pub required: bool,
@@ -99,16 +101,24 @@ pub fn fsck(store: &dyn BlobStore, trees: &[Digest], roots: &[Root]) -> Result<F
         }
     }
     for root in roots {
-        referrers
-            .entry(root.digest)
-            .or_default()
-            .push(root.referrer.clone());
+        let name = |inner: Option<&str>| {
+            let path = match (&root.path, inner) {
+                (Some(path), Some(inner)) => Some(format!("{path}/{inner}")),
+                (Some(path), None) => Some(path.clone()),
+                (None, inner) => inner.map(str::to_string),
+            };
+            match path {
+                Some(path) => format!("{}: `{path}`", root.referrer),
+                None => root.referrer.clone(),
+            }
+        };
+        referrers.entry(root.digest).or_default().push(name(None));
         if let Some(tree) = read_trees.get(&root.digest) {
             for entry in &tree.entries {
                 referrers
                     .entry(entry.digest)
                     .or_default()
-                    .push(format!("{} (`{}`)", root.referrer, entry.path));
+                    .push(name(Some(&entry.path)));
             }
         } else if root.required
             && !present.contains(&root.digest)
@@ -121,7 +131,7 @@ pub fn fsck(store: &dyn BlobStore, trees: &[Digest], roots: &[Root]) -> Result<F
         for entry in &tree.entries {
             if !present.contains(&entry.digest) {
                 found.entry(entry.digest).or_insert(ProblemKind::Missing);
-                let by_tree = format!("tree `{}` (`{}`)", digest.short(), entry.path);
+                let by_tree = format!("tree `{}`: `{}`", digest.short(), entry.path);
                 let names = referrers.entry(entry.digest).or_default();
                 if !names.contains(&by_tree) {
                     names.push(by_tree);

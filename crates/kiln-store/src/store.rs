@@ -310,6 +310,25 @@ impl Store {
         atomic::commit(&temporary, &target).map_err(io_error("move into place", &target))
     }
 
+    /// The names of every record in `namespace`.
+    pub fn list_refs(&self, namespace: &str) -> Result<Vec<String>, Error> {
+        let dir = self.root.join("refs").join(namespace);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(io_error("list", &dir)(source)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error("list", &dir))?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Reads a named record; `None` when there is none.
     pub fn read_ref(&self, namespace: &str, name: &str) -> Result<Option<Vec<u8>>, Error> {
         let path = self.ref_path(namespace, name);

@@ -104,11 +104,13 @@ fn fsck_reports_corrupt_and_missing_blobs_with_what_names_them() {
             Root {
                 digest: tree.digest(),
                 referrer: "iris@v1".into(),
+                path: None,
                 required: true,
             },
             Root {
                 digest: good,
-                referrer: "run 3: data.csv".into(),
+                referrer: "run 3".into(),
+                path: Some("data.csv".into()),
                 required: true,
             },
         ];
@@ -126,14 +128,14 @@ fn fsck_reports_corrupt_and_missing_blobs_with_what_names_them() {
                 ProblemKind::Corrupt {
                     actual: Digest::of_bytes(b"bad!"),
                 },
-                vec!["iris@v1 (`bad.txt`)".to_string()],
+                vec!["iris@v1: `bad.txt`".to_string()],
             ),
             (
                 gone,
                 ProblemKind::Missing,
                 vec![
-                    "iris@v1 (`gone.txt`)".to_string(),
-                    format!("tree `{}` (`gone.txt`)", tree.digest().short()),
+                    "iris@v1: `gone.txt`".to_string(),
+                    format!("tree `{}`: `gone.txt`", tree.digest().short()),
                 ],
             ),
         ];
@@ -176,6 +178,7 @@ fn gc_keeps_what_roots_reach_and_what_is_young() {
     let roots = [Root {
         digest: tree,
         referrer: "iris@v1".into(),
+        path: None,
         required: true,
     }];
     let grace = Duration::from_secs(3600);

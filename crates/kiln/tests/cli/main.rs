@@ -10,3 +10,4 @@ mod run;
 mod runs;
 mod servable;
 mod serve;
+mod store;
