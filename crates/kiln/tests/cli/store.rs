@@ -357,3 +357,28 @@ fn restoring_and_materialising_never_write_through_a_link_out_of_the_project() {
     );
     assert_eq!(fs::read_dir(outside.root()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_version_whose_upload_fails_is_not_registered() {
+    let server = s3_test_server();
+    // A bucket nobody created: the upload fails, so no registry row may name the artifact.
+    let env = server.env("kiln-no-such-bucket", "kiln");
+    let project = project();
+    let output = kiln_command(project.root())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .arg("run")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&output).contains("could not register the artifact as a version of `m`"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("s3://kiln-no-such-bucket/kiln"),
+        "{}",
+        stderr(&output)
+    );
+    let listed = project.kiln(&["models", "list", "--json"]);
+    assert_eq!(stdout(&listed).trim(), "[]", "{}", stderr(&listed));
+}
