@@ -188,6 +188,20 @@ fn gc_dry_run_lists_what_gc_then_removes_and_keeps_versions_and_recent_runs() {
     assert!(object(&project, &predict).exists());
     let fsck = project.kiln(&["store", "fsck"]);
     assert_eq!(fsck.status.code(), Some(0), "{}", stdout(&fsck));
+
+    // While a run holds the project's run lock, gc waits its turn rather than sweep under it.
+    let lock = fs::File::options()
+        .write(true)
+        .open(project.path(".kiln/run.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let busy = project.kiln(&["store", "gc"]);
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(
+        stderr(&busy).contains("error: another `kiln run` is running in this project"),
+        "{}",
+        stderr(&busy)
+    );
 }
 
 #[test]
