@@ -170,7 +170,8 @@ fn materialise(
             let target = if relative.is_empty() {
                 path.clone()
             } else {
-                path.join(relative)
+                // Never through a link, never outside the artifact's folder.
+                kiln_store::paths::join_inside(&path, relative)?
             };
             workspace
                 .store
@@ -228,6 +229,17 @@ pub fn version_artifact(
     let registered = workspace
         .registry
         .model_version(&reference.model, version)?;
+    // With a remote store, a version registered elsewhere (or whose blobs were collected here)
+    // is brought into the local store first, verified.
+    if let Some(remote) = &workspace.remote {
+        let digest =
+            Digest::from_hex(&registered.artifact_digest).ok_or_else(|| Error::BadDigest {
+                run: registered.lineage.run_id,
+                path: reference.to_string(),
+                digest: registered.artifact_digest.clone(),
+            })?;
+        workspace.store.fetch(remote.as_ref(), &digest)?;
+    }
     let run = workspace.registry.run(registered.lineage.run_id)?;
     let artifact = run_artifact(
         workspace,

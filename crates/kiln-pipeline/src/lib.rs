@@ -17,6 +17,7 @@ pub mod python_env;
 pub mod run;
 pub mod stage;
 pub mod status;
+pub mod store_roots;
 pub mod training_data;
 pub mod workspace;
 
@@ -101,12 +102,6 @@ pub enum Error {
     CacheEntryPath { key: String, path: String },
     #[error("the file list of `{out}` (`{digest}`) is missing from the store")]
     TreeMissing { out: RelPath, digest: String },
-    #[error("the file list of `{out}` is damaged")]
-    TreeDamaged {
-        out: RelPath,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error("the object of `{path}` is missing from the store")]
     ObjectMissing { path: RelPath },
     #[error("model `{model}` declares no `artifact` in `{}`", file.display())]
@@ -185,9 +180,10 @@ impl Error {
                 "list the artifact (or a folder holding it) in the `outs` of one of the model's stages"
                     .into(),
             ),
-            Error::TreeMissing { .. } | Error::ObjectMissing { .. } | Error::TreeDamaged { .. } => {
+            Error::TreeMissing { .. } | Error::ObjectMissing { .. } => {
                 Some("run `kiln run --force` to store the outs again".into())
             }
+            Error::Store(error) => error.hint(),
             _ => None,
         }
     }

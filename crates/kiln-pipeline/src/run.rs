@@ -893,6 +893,11 @@ fn register(
         example: report.example.clone(),
         profile,
     };
+    // Blobs land before the row that names them: with a remote store, the artifact (a file, or
+    // a tree and its files) is uploaded first.
+    if let Some(remote) = &workspace.remote {
+        workspace.store.push(remote.as_ref(), &artifact.digest)?;
+    }
     Ok(workspace
         .registry
         .register_version(&model.name, &artifact.digest.to_hex(), &lineage)?)

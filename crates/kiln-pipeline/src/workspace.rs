@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use kiln_registry::{Registry, RunId};
-use kiln_store::Store;
+use kiln_store::{BlobStore, Store};
 
 use crate::Error;
 use crate::hashing::StatCache;
@@ -17,7 +17,12 @@ pub const STATE_DIR: &str = ".kiln";
 pub struct Workspace {
     pub state_dir: PathBuf,
     pub registry: Registry,
+    /// The working cache stages read and write: every out is here, on disk.
     pub store: Store,
+    /// The remote blob store (`KILN_STORE_URL`), when one is configured: registered versions'
+    /// artifacts are uploaded to it before they are registered, and fetched from it when a
+    /// version is served on a machine that lacks them.
+    pub remote: Option<Box<dyn BlobStore>>,
     pub stat_cache: StatCache,
 }
 
@@ -36,6 +41,8 @@ impl Workspace {
         Ok(Workspace {
             registry: Registry::open(&state_dir.join("kiln.db"))?,
             store: Store::open(state_dir.join("store"))?,
+            remote: kiln_store::remote_from_env()?
+                .map(|remote| Box::new(remote) as Box<dyn BlobStore>),
             stat_cache: StatCache::load(&state_dir.join("stat-cache")),
             state_dir,
         })

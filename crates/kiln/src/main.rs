@@ -13,6 +13,7 @@ mod notify;
 mod printer;
 mod report;
 mod serve_cmd;
+mod store_cmd;
 mod ui;
 mod version_data;
 
@@ -90,6 +91,12 @@ Examples:
   curl -s localhost:8080/v2/models/iris/infer -d '{\"inputs\": [...]}'"
     )]
     Serve(serve_cmd::ServeArgs),
+    /// The content-addressed store: check every blob (`fsck`), remove unreferenced ones (`gc`).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kiln store fsck\n  kiln store gc --dry-run"
+    )]
+    Store(store_cmd::StoreCommand),
     /// Write a commented `kiln.yaml` from the repository layout.
     #[command(
         after_help = "Recognises models/<name>/src/{train.py,predict.py,requirements.txt}, data/raw,\ndata/processed, scripts/ (preprocessing) and tests/ (pytest).\n\nExamples:\n  kiln init\n  kiln init --force"
@@ -132,6 +139,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => commands::logs(&cli.project, args),
         Command::Metrics(command) => commands::metrics(&cli.project, command),
         Command::Models(command) => models_cmd::models(&cli.project, command),
+        Command::Store(command) => store_cmd::store(&cli.project, command),
         Command::Serve(args) => {
             init_server_logs();
             serve_cmd::serve(&cli.project, args)

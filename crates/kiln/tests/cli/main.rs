@@ -12,3 +12,4 @@ mod run;
 mod runs;
 mod servable;
 mod serve;
+mod store;
