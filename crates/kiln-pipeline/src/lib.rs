@@ -5,6 +5,7 @@
 //! Invariant: a stage's cache entry is written only after all its outs are in the store and its
 //! data checks passed, so a crash at any point leaves nothing the next run cannot trust.
 
+pub mod aliases;
 pub mod artifact;
 pub mod checks;
 pub mod gates;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use kiln_registry::RunId;
 use kiln_spec::RelPath;
 
+pub use aliases::{AliasChange, AliasMoved, move_alias};
 pub use artifact::{
     Artifact, PublishedVersion, latest_artifact, publish, publish_alias, publish_version,
     version_artifact,

@@ -19,6 +19,8 @@ pub enum CliError {
     Deploy(#[from] kiln_deploy::Error),
     #[error(transparent)]
     Serve(#[from] kiln_serve::Error),
+    #[error(transparent)]
+    Api(#[from] kiln_api::Error),
     /// A mistake in the command line (exit code 2).
     #[error("{0}")]
     Usage(String),
@@ -60,6 +62,7 @@ impl CliError {
             CliError::Registry(error) => error.hint(),
             CliError::Deploy(error) => error.hint(),
             CliError::Serve(error) => error.hint(),
+            CliError::Api(error) => error.hint(),
             CliError::Usage(_)
             | CliError::Reported(_)
             | CliError::Closed(_)

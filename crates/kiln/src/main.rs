@@ -10,6 +10,7 @@ mod files;
 mod init_cmd;
 mod models_cmd;
 mod printer;
+mod registry_cmd;
 mod report;
 mod serve_cmd;
 mod ui;
@@ -74,6 +75,9 @@ enum Command {
         after_help = "Examples:\n  kiln models list\n  kiln models show iris@production --json\n  kiln models diff iris@v2 iris@v3\n  kiln models alias iris@v3 staging --reason \"beats v2 on the holdout\"\n  kiln models promote iris --from staging --to production\n  kiln models rollback iris production\n  kiln models history iris"
     )]
     Models(models_cmd::ModelsCommand),
+    /// The model registry over HTTP: `kiln registry serve`.
+    #[command(subcommand)]
+    Registry(registry_cmd::RegistryCommand),
     /// Serve models over HTTP: Open Inference Protocol v2 and MLflow scoring, metrics, hot swap.
     #[command(
         after_help = "MODEL is a model of this project as registered (`iris` is `iris@latest`;
@@ -130,6 +134,10 @@ fn main() -> ExitCode {
         Command::Logs(args) => commands::logs(&cli.project, args),
         Command::Metrics(command) => commands::metrics(&cli.project, command),
         Command::Models(command) => models_cmd::models(&cli.project, command),
+        Command::Registry(command) => {
+            init_server_logs();
+            registry_cmd::registry(&cli.project, command)
+        }
         Command::Serve(args) => {
             init_server_logs();
             serve_cmd::serve(&cli.project, args)

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use kiln_pipeline::Workspace;
+use kiln_pipeline::{AliasChange, Workspace};
 use kiln_registry::{
     AliasCommand, AliasMove, ModelRef, ModelVersion, MoveBy, Registry, Selector, Version,
 };
@@ -106,15 +106,16 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
         } => {
             let reference = parse(&reference)?;
             let version = registry.resolve(&reference)?;
-            let by = moved_by(AliasCommand::Alias, reason.as_deref());
-            let from = registry.move_alias(&reference.model, &alias, version, by)?;
-            moved(
+            let change = AliasChange::To {
+                version,
+                by: moved_by(AliasCommand::Alias, reason.as_deref()),
+            };
+            move_alias(
                 &root,
-                &workspace,
+                &mut workspace,
                 &reference.model,
                 &alias,
-                from,
-                version,
+                change,
                 json,
             )?;
         }
@@ -130,9 +131,11 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
                 selector: Selector::Alias(from),
             };
             let version = registry.resolve(&source)?;
-            let by = moved_by(AliasCommand::Promote, reason.as_deref());
-            let before = registry.move_alias(&model, &to, version, by)?;
-            moved(&root, &workspace, &model, &to, before, version, json)?;
+            let change = AliasChange::To {
+                version,
+                by: moved_by(AliasCommand::Promote, reason.as_deref()),
+            };
+            move_alias(&root, &mut workspace, &model, &to, change, json)?;
         }
         ModelsCommand::Rollback {
             model,
@@ -140,8 +143,10 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
             reason,
             json,
         } => {
-            let (from, to) = registry.rollback_alias(&model, &alias, reason.as_deref())?;
-            moved(&root, &workspace, &model, &alias, Some(from), to, json)?;
+            let change = AliasChange::Rollback {
+                reason: reason.as_deref(),
+            };
+            move_alias(&root, &mut workspace, &model, &alias, change, json)?;
         }
     }
     Ok(exit::code(exit::SUCCESS))
@@ -171,43 +176,34 @@ fn when(ms: i64) -> String {
         .unwrap_or_else(|_| "-".to_string())
 }
 
-/// What an alias move did, as `--json` prints it.
-#[derive(Debug, Serialize)]
-struct Moved<'a> {
-    model: &'a str,
-    alias: &'a str,
-    from_version: Option<Version>,
-    to_version: Version,
-}
-
-/// Reports an alias move and moves its serving link; a link that cannot be moved (no project
-/// here, a model without artifact) is a warning: the move itself is recorded.
-fn moved(
+/// Moves an alias and its serving link, and reports the move; a link that cannot be moved (no
+/// project here, a model without artifact) is a warning: the move itself is recorded.
+fn move_alias(
     root: &Path,
-    workspace: &Workspace,
+    workspace: &mut Workspace,
     model: &str,
     alias: &str,
-    from: Option<Version>,
-    to: Version,
+    change: AliasChange<'_>,
     json: bool,
 ) -> Result<()> {
+    let project = load(root).map_err(|error| error.to_string());
+    let moved = kiln_pipeline::move_alias(
+        workspace,
+        project.as_ref().map_err(Clone::clone),
+        model,
+        alias,
+        change,
+    )?;
     if json {
-        let shown = Moved {
-            model,
-            alias,
-            from_version: from,
-            to_version: to,
-        };
-        outln!("{}", serde_json::to_string_pretty(&shown)?);
+        outln!("{}", serde_json::to_string_pretty(&moved)?);
     }
-    errln!("`{model}@{alias}`: {} -> v{to}", named(from));
-    let published = load(root).and_then(|project| {
-        Ok(kiln_pipeline::publish_alias(
-            workspace, &project, model, alias,
-        )?)
-    });
-    if let Err(error) = published {
-        errln!("warning: could not publish `{model}@{alias}` for serving: {error}");
+    errln!(
+        "`{model}@{alias}`: {} -> v{}",
+        named(moved.from_version),
+        moved.to_version
+    );
+    if let Some(warning) = &moved.serving_warning {
+        errln!("warning: could not publish `{model}@{alias}` for serving: {warning}");
     }
     Ok(())
 }
