@@ -857,6 +857,9 @@ fn register(
             passed: s.passed,
             message: s.message.clone(),
         }),
+        signature: None,
+        example: None,
+        profile: None,
     };
     Ok(workspace
         .registry

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 pub use migrations::SCHEMA_VERSION;
 pub use models::{
-    AliasCommand, AliasMove, LATEST, Lineage, ModelRef, ModelSummary, ModelVersion, MoveBy,
+    AliasCommand, AliasMove, LATEST, Lineage, ModelRef, ModelSummary, ModelVersion, MoveBy, Origin,
     Registered, Selector, ServableSummary, Version, lineage_key, validate_alias,
 };
 pub use types::{
@@ -54,6 +54,8 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("migration `{name}` left rows of table `{table}` naming rows that do not exist")]
+    MigrationBrokeKeys { name: &'static str, table: String },
     #[error("no version of model `{0}` is registered")]
     NoSuchModel(String),
     #[error("model `{model}` has no version {version}")]

@@ -5,7 +5,7 @@
 //!
 //! A shipped migration is never edited: a change to the schema is a new file.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::Error;
 
@@ -22,6 +22,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_model_versions",
         include_str!("../migrations/0003_model_versions.sql"),
+    ),
+    (
+        "0004_imported_versions",
+        include_str!("../migrations/0004_imported_versions.sql"),
     ),
 ];
 
@@ -42,6 +46,17 @@ pub(crate) fn migrate_to(connection: &mut Connection, target: i64) -> Result<(),
             known: SCHEMA_VERSION,
         });
     }
+    // A migration may rebuild a table (SQLite cannot drop a constraint), which foreign keys
+    // would refuse midway; they are off while it runs and checked before it commits. The
+    // pragma has no effect inside a transaction, so it is set around them.
+    let enforced: bool = connection.query_row("PRAGMA foreign_keys", [], |row| row.get(0))?;
+    connection.pragma_update(None, "foreign_keys", false)?;
+    let result = apply(connection, version, target);
+    connection.pragma_update(None, "foreign_keys", enforced)?;
+    result
+}
+
+fn apply(connection: &mut Connection, version: i64, target: i64) -> Result<(), Error> {
     for (index, (name, sql)) in MIGRATIONS.iter().enumerate() {
         let number = index as i64 + 1;
         if number <= version || number > target {
@@ -50,7 +65,15 @@ pub(crate) fn migrate_to(connection: &mut Connection, target: i64) -> Result<(),
         let transaction = connection.transaction()?;
         transaction
             .execute_batch(sql)
-            .and_then(|()| transaction.pragma_update(None, "user_version", number))
+            .map_err(|source| Error::Migration { name, source })?;
+        let dangling: Option<String> = transaction
+            .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+            .optional()?;
+        if let Some(table) = dangling {
+            return Err(Error::MigrationBrokeKeys { name, table });
+        }
+        transaction
+            .pragma_update(None, "user_version", number)
             .and_then(|()| transaction.commit())
             .map_err(|source| Error::Migration { name, source })?;
     }
@@ -149,6 +172,64 @@ mod tests {
             Some(FailureKind::Cancelled)
         );
         assert!(registry.stage_state("iris/train").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_version_3_registry_is_migrated_with_its_versions_aliases_and_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        version_1_database(&path);
+        let mut connection = Connection::open(&path).unwrap();
+        migrate_to(&mut connection, 3).unwrap();
+        let digest = "cd".repeat(32);
+        connection
+            .execute_batch(&format!(
+                "INSERT INTO model_versions (model, version, run_id, artifact_digest, lineage_key,
+                     commit_sha, dirty, params, metrics, deps, environment, servable_passed,
+                     servable_message, registered_at_ms)
+                 VALUES ('iris', 1, 1, '{digest}', 'k1', 'abc', 0, '{{\"train.C\":1.0}}',
+                     '{{\"accuracy\":0.95}}', '{{}}', NULL, 1, 'predicted 1 row', 5000);
+                 INSERT INTO model_aliases VALUES ('iris', 'latest', 1);
+                 INSERT INTO model_aliases VALUES ('iris', 'production', 1);
+                 INSERT INTO alias_moves (model, alias, from_version, to_version, at_ms, command, run_id)
+                     VALUES ('iris', 'latest', NULL, 1, 5000, 'run', 1);
+                 INSERT INTO alias_moves (model, alias, from_version, to_version, at_ms, command, reason)
+                     VALUES ('iris', 'production', NULL, 1, 6000, 'alias', 'first');"
+            ))
+            .unwrap();
+        drop(connection);
+
+        let mut registry = Registry::open(&path).unwrap();
+        let version = registry.model_version("iris", 1).unwrap();
+        assert_eq!(version.artifact_digest, digest);
+        assert_eq!(version.lineage.metrics, vec![("accuracy".into(), 0.95)]);
+        assert_eq!(version.lineage.signature, None);
+        assert_eq!(version.origin, None);
+        assert_eq!(version.aliases, ["latest", "production"]);
+        let history = registry.alias_history("iris", None).unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].reason.as_deref(), Some("first"));
+        // Keys hold after the rebuild: an alias still cannot name a missing version, and the
+        // history goes on from its last id.
+        assert!(
+            registry
+                .connection
+                .execute(
+                    "INSERT INTO model_aliases VALUES ('iris', 'staging', 9)",
+                    []
+                )
+                .is_err()
+        );
+        registry
+            .rollback_alias("iris", "production", None)
+            .expect_err("production named no version before");
+        let by = crate::MoveBy {
+            command: crate::AliasCommand::Alias,
+            run_id: None,
+            reason: None,
+        };
+        registry.move_alias("iris", "staging", 1, by).unwrap();
+        assert_eq!(registry.alias_history("iris", None).unwrap()[2].id, 3);
     }
 
     #[test]

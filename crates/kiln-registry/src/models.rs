@@ -42,6 +42,25 @@ pub struct Lineage {
     pub environment: Option<Vec<String>>,
     /// The servable check the version passed, when one ran.
     pub servable: Option<ServableSummary>,
+    /// The model's inputs and outputs (names, datatypes, shapes), as the serving engine reads
+    /// them from the artifact.
+    pub signature: Option<serde_json::Value>,
+    /// An input the version answered at registration (a request body).
+    pub example: Option<serde_json::Value>,
+    /// A profile of the training data, per column, for drift detection.
+    pub profile: Option<serde_json::Value>,
+}
+
+/// Where an imported version came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The model and version it was in the registry it was exported from.
+    pub model: String,
+    pub version: Version,
+    /// When it was registered there (Unix time in milliseconds).
+    pub registered_at_ms: i64,
+    /// What it was read from (the export file's name).
+    pub source: String,
 }
 
 /// The servable check as a version keeps it.
@@ -60,6 +79,9 @@ pub struct ModelVersion {
     /// Unix time in milliseconds.
     pub registered_at_ms: i64,
     pub lineage: Lineage,
+    /// Set when the version was imported from another registry; `lineage.run_id` is then the
+    /// run in that registry.
+    pub origin: Option<Origin>,
     /// The aliases naming this version now, sorted.
     pub aliases: Vec<String>,
 }
@@ -100,6 +122,8 @@ pub enum AliasCommand {
     Alias,
     Promote,
     Rollback,
+    /// A version imported from another registry (`latest`).
+    Import,
 }
 
 /// One alias move of the audit trail.
@@ -272,11 +296,15 @@ struct VersionRow {
     environment: Option<String>,
     servable_passed: Option<bool>,
     servable_message: Option<String>,
+    signature: Option<String>,
+    example: Option<String>,
+    profile: Option<String>,
     registered_at_ms: i64,
+    origin: Option<String>,
 }
 
 impl VersionRow {
-    const COLUMNS: &str = "rowid, model, version, run_id, artifact_digest, commit_sha, dirty, params, metrics, deps, environment, servable_passed, servable_message, registered_at_ms";
+    const COLUMNS: &str = "rowid, model, version, run_id, artifact_digest, commit_sha, dirty, params, metrics, deps, environment, servable_passed, servable_message, signature, example, profile, registered_at_ms, origin";
 
     fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
         Ok(VersionRow {
@@ -293,7 +321,11 @@ impl VersionRow {
             environment: row.get(10)?,
             servable_passed: row.get(11)?,
             servable_message: row.get(12)?,
-            registered_at_ms: row.get(13)?,
+            signature: row.get(13)?,
+            example: row.get(14)?,
+            profile: row.get(15)?,
+            registered_at_ms: row.get(16)?,
+            origin: row.get(17)?,
         })
     }
 
@@ -309,10 +341,9 @@ impl VersionRow {
             serde_json::from_str(&self.metrics).map_err(|_| corrupt("metrics"))?;
         let deps: BTreeMap<String, Option<String>> =
             serde_json::from_str(&self.deps).map_err(|_| corrupt("deps"))?;
-        let environment: Option<Vec<String>> = match &self.environment {
-            Some(text) => Some(serde_json::from_str(text).map_err(|_| corrupt("environment"))?),
-            None => None,
-        };
+        let environment: Option<Vec<String>> =
+            optional_json(&self.environment).map_err(|_| corrupt("environment"))?;
+        let origin: Option<Origin> = optional_json(&self.origin).map_err(|_| corrupt("origin"))?;
         let servable = match (self.servable_passed, self.servable_message) {
             (Some(passed), Some(message)) => Some(ServableSummary { passed, message }),
             _ => None,
@@ -331,10 +362,21 @@ impl VersionRow {
                 deps,
                 environment,
                 servable,
+                signature: optional_json(&self.signature).map_err(|_| corrupt("signature"))?,
+                example: optional_json(&self.example).map_err(|_| corrupt("example"))?,
+                profile: optional_json(&self.profile).map_err(|_| corrupt("profile"))?,
             },
+            origin,
             aliases,
         })
     }
+}
+
+/// A nullable JSON column.
+fn optional_json<T: serde::de::DeserializeOwned>(
+    text: &Option<String>,
+) -> serde_json::Result<Option<T>> {
+    text.as_deref().map(serde_json::from_str).transpose()
 }
 
 /// Reads an alias move row.
@@ -378,6 +420,44 @@ impl Registry {
         artifact_digest: &str,
         lineage: &Lineage,
     ) -> Result<Registered, Error> {
+        let by = MoveBy {
+            command: AliasCommand::Run,
+            run_id: Some(lineage.run_id),
+            reason: None,
+        };
+        self.insert_version(model, artifact_digest, lineage, None, by)
+    }
+
+    /// Registers a version exported from another registry (its artifact already in the store)
+    /// as the next version of `model`, keeping its lineage and where it came from, and moves
+    /// `latest` to it. Importing the same version twice gives the existing one.
+    pub fn import_version(
+        &mut self,
+        model: &str,
+        artifact_digest: &str,
+        lineage: &Lineage,
+        origin: &Origin,
+    ) -> Result<Registered, Error> {
+        let reason = format!(
+            "imported from `{}` ({}@v{})",
+            origin.source, origin.model, origin.version
+        );
+        let by = MoveBy {
+            command: AliasCommand::Import,
+            run_id: None,
+            reason: Some(&reason),
+        };
+        self.insert_version(model, artifact_digest, lineage, Some(origin), by)
+    }
+
+    fn insert_version(
+        &mut self,
+        model: &str,
+        artifact_digest: &str,
+        lineage: &Lineage,
+        origin: Option<&Origin>,
+        by: MoveBy<'_>,
+    ) -> Result<Registered, Error> {
         let key = lineage_key(artifact_digest, lineage);
         // Immediate: the write lock is taken before the next number is read.
         let transaction = self
@@ -403,11 +483,13 @@ impl Registry {
             .iter()
             .map(|(k, v)| (k.as_str(), *v))
             .collect();
+        let json = |value: &serde_json::Value| value.to_string();
         transaction.execute(
             "INSERT INTO model_versions (model, version, run_id, artifact_digest, lineage_key,
                  commit_sha, dirty, params, metrics, deps, environment, servable_passed,
-                 servable_message, registered_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 servable_message, signature, example, profile, registered_at_ms, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18)",
             params![
                 model,
                 version,
@@ -425,21 +507,14 @@ impl Registry {
                     .map(|e| serde_json::to_string(e).expect("packages serialise")),
                 lineage.servable.as_ref().map(|s| s.passed),
                 lineage.servable.as_ref().map(|s| s.message.as_str()),
+                lineage.signature.as_ref().map(json),
+                lineage.example.as_ref().map(json),
+                lineage.profile.as_ref().map(json),
                 now_ms(),
+                origin.map(|o| serde_json::to_string(o).expect("origin serialises")),
             ],
         )?;
-        move_alias_in(
-            &transaction,
-            model,
-            LATEST,
-            version,
-            MoveBy {
-                command: AliasCommand::Run,
-                run_id: Some(lineage.run_id),
-                reason: None,
-            },
-            None,
-        )?;
+        move_alias_in(&transaction, model, LATEST, version, by, None)?;
         transaction.commit()?;
         Ok(Registered::New(version))
     }
@@ -753,6 +828,11 @@ mod tests {
                 passed: true,
                 message: "predicted 5 rows".into(),
             }),
+            signature: Some(
+                json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}),
+            ),
+            example: Some(json!({"inputs": [{"name": "x", "data": [[1, 2, 3, 4]]}]})),
+            profile: Some(json!({"rows": 150})),
         }
     }
 
@@ -805,6 +885,48 @@ mod tests {
             registry.model_version("iris", 3),
             Err(Error::NoSuchVersion { version: 3, .. })
         ));
+    }
+
+    #[test]
+    fn an_imported_version_keeps_its_lineage_and_origin_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::open(&dir.path().join("kiln.db")).unwrap();
+        // Run 41 is in the registry the version was exported from, not in this one.
+        let exported = lineage(41, 0.9);
+        let origin = Origin {
+            model: "iris".into(),
+            version: 3,
+            registered_at_ms: 1_700_000_000_000,
+            source: "iris-v3.tar".into(),
+        };
+        let imported = registry
+            .import_version("iris", &digest(1), &exported, &origin)
+            .unwrap();
+        assert_eq!(imported, Registered::New(1));
+        assert_eq!(
+            registry
+                .import_version("iris", &digest(1), &exported, &origin)
+                .unwrap(),
+            Registered::Existing(1)
+        );
+        let shown = registry.model_version("iris", 1).unwrap();
+        assert_eq!(shown.lineage, exported);
+        assert_eq!(shown.origin, Some(origin));
+        assert_eq!(shown.aliases, ["latest"]);
+        let moves = registry.alias_history("iris", None).unwrap();
+        assert_eq!(moves.len(), 1);
+        assert_eq!(moves[0].command, AliasCommand::Import);
+        assert_eq!(
+            moves[0].reason.as_deref(),
+            Some("imported from `iris-v3.tar` (iris@v3)")
+        );
+        // A version trained here afterwards is the next number.
+        let id = run(&mut registry);
+        let next = registry
+            .register_version("iris", &digest(2), &lineage(id, 0.95))
+            .unwrap();
+        assert_eq!(next, Registered::New(2));
+        assert_eq!(registry.model_version("iris", 2).unwrap().origin, None);
     }
 
     #[test]

@@ -256,7 +256,22 @@ fn show(registry: &Registry, text: &str, json: bool) -> Result<()> {
     };
     outln!("{} v{}{aliases}", version.model, version.version);
     outln!("registered  {} UTC", when(version.registered_at_ms));
-    outln!("run         {}", lineage.run_id);
+    match &version.origin {
+        Some(origin) => {
+            outln!(
+                "imported    from `{}`: {}@v{}, registered {} UTC",
+                origin.source,
+                origin.model,
+                origin.version,
+                when(origin.registered_at_ms)
+            );
+            outln!(
+                "run         {} (in the registry it came from)",
+                lineage.run_id
+            );
+        }
+        None => outln!("run         {}", lineage.run_id),
+    }
     outln!(
         "commit      {}{}",
         lineage.commit.as_deref().unwrap_or("(not a git checkout)"),
@@ -496,6 +511,7 @@ fn history(registry: &Registry, model: &str, alias: Option<&str>, json: bool) ->
             AliasCommand::Alias => "alias",
             AliasCommand::Promote => "promote",
             AliasCommand::Rollback => "rollback",
+            AliasCommand::Import => "import",
         };
         outln!(
             "{:<19}  {:<12} {:>5} {:>5}  {:<9} {:>5}  {}",
