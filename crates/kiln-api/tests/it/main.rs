@@ -107,6 +107,9 @@ fn lineage(run_id: i64, accuracy: f64) -> Lineage {
             passed: true,
             message: "predicted 1 row".into(),
         }),
+        signature: Some(json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]})),
+        example: None,
+        profile: None,
     }
 }
 
@@ -174,6 +177,8 @@ fn models_versions_aliases_and_history_read_as_json() {
     assert_eq!(v2["lineage"]["metrics"], json!({"accuracy": 0.91}));
     assert_eq!(v2["lineage"]["commit"], json!("0123abcd"));
     assert_eq!(v2["lineage"]["servable"]["passed"], json!(true));
+    assert_eq!(v2["lineage"]["signature"]["inputs"][0]["name"], json!("x"));
+    assert_eq!(v2["origin"], json!(null));
     assert_eq!(server.ok("/v1/models/iris/versions/v2"), v2);
     assert_eq!(server.ok("/v1/models/iris/aliases/production"), v2);
     assert_eq!(

@@ -6,6 +6,7 @@ mod example;
 mod formats;
 mod init;
 mod models;
+mod registry;
 mod run;
 mod runs;
 mod servable;
