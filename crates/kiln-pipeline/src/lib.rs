@@ -18,6 +18,7 @@ pub mod python_env;
 pub mod run;
 pub mod stage;
 pub mod status;
+pub mod transfer;
 pub mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ use kiln_spec::RelPath;
 pub use aliases::{AliasChange, AliasMoved, move_alias};
 pub use artifact::{
     Artifact, PublishedVersion, latest_artifact, publish, publish_alias, publish_version,
-    version_artifact,
+    version_artifact, version_out,
 };
 pub use kiln_registry::{ModelRef, Selector, Version};
 pub use params::{Override, ParamWrite};
@@ -127,6 +128,12 @@ pub enum Error {
         out: RelPath,
         artifact: RelPath,
     },
+    #[error(
+        "version {version} of model `{model}` was imported, but the store holds no record of its artifact"
+    )]
+    ImportRecordMissing { model: String, version: Version },
+    #[error(transparent)]
+    Transfer(#[from] transfer::TransferError),
     #[error("run {run} recorded the out `{path}` with a digest that is not one: `{digest}`")]
     BadDigest {
         run: RunId,
@@ -165,6 +172,10 @@ impl Error {
                 Some("`--set` takes a key of the params file, e.g. `--set train.C=0.5`".into())
             }
             Error::PythonEnv(error) => error.hint(),
+            Error::Transfer(error) => error.hint(),
+            Error::ImportRecordMissing { .. } => {
+                Some("import the version's export file again with `kiln models import FILE`".into())
+            }
             Error::Registry(error) => error.hint(),
             Error::NoArtifact { model, .. } => Some(format!(
                 "add `artifact: PATH` to model `{model}`, naming the file or folder a stage writes for serving"

@@ -112,7 +112,8 @@ impl CliError {
 }
 
 /// A pipeline error caused by what the user asked for (a model or param that does not exist, a
-/// `--set` the params file cannot take), not by Kiln or the project's state.
+/// `--set` the params file cannot take, a file to import that is not a sound export), not by
+/// Kiln or the project's state.
 fn names_a_wrong_input(error: &kiln_pipeline::Error) -> bool {
     matches!(
         error,
@@ -120,7 +121,7 @@ fn names_a_wrong_input(error: &kiln_pipeline::Error) -> bool {
             | kiln_pipeline::Error::UndeclaredParam { .. }
             | kiln_pipeline::Error::UnknownModel { .. }
             | kiln_pipeline::Error::SetParam { .. }
-    )
+    ) || matches!(error, kiln_pipeline::Error::Transfer(error) if error.is_bad_input())
 }
 
 /// A registry error caused by a model, version or alias the user named that does not exist or

@@ -72,7 +72,7 @@ enum Command {
     /// The model registry: versions with their lineage, aliases, and the history of alias moves.
     #[command(
         subcommand,
-        after_help = "Examples:\n  kiln models list\n  kiln models show iris@production --json\n  kiln models diff iris@v2 iris@v3\n  kiln models alias iris@v3 staging --reason \"beats v2 on the holdout\"\n  kiln models promote iris --from staging --to production\n  kiln models rollback iris production\n  kiln models history iris"
+        after_help = "Examples:\n  kiln models list\n  kiln models show iris@production --json\n  kiln models diff iris@v2 iris@v3\n  kiln models alias iris@v3 staging --reason \"beats v2 on the holdout\"\n  kiln models promote iris --from staging --to production\n  kiln models rollback iris production\n  kiln models history iris\n  kiln models export iris@production iris.tar\n  kiln -C ../other models import iris.tar"
     )]
     Models(models_cmd::ModelsCommand),
     /// The model registry over HTTP: `kiln registry serve`.

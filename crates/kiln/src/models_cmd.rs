@@ -3,7 +3,7 @@
 //! so a server following the alias swaps versions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -76,6 +76,24 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a version, its lineage and its artifact to a tar file, for `kiln models import`.
+    Export {
+        /// `MODEL`, `MODEL@vN` or `MODEL@ALIAS`.
+        #[arg(value_name = "MODEL[@VERSION|@ALIAS]")]
+        reference: String,
+        /// The tar file to write (replaced if it exists).
+        #[arg(value_name = "FILE.tar")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a version exported by `kiln models export` (elsewhere), after checking all of it.
+    Import {
+        #[arg(value_name = "FILE.tar")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Every alias move of a model: when, which alias, from and to which version, by what, why.
     History {
         model: String,
@@ -98,6 +116,12 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
         ModelsCommand::History { model, alias, json } => {
             history(registry, &model, alias.as_deref(), json)?
         }
+        ModelsCommand::Export {
+            reference,
+            file,
+            json,
+        } => export(&root, &workspace, &reference, &file, json)?,
+        ModelsCommand::Import { file, json } => import(&root, &mut workspace, &file, json)?,
         ModelsCommand::Alias {
             reference,
             alias,
@@ -204,6 +228,79 @@ fn move_alias(
     );
     if let Some(warning) = &moved.serving_warning {
         errln!("warning: could not publish `{model}@{alias}` for serving: {warning}");
+    }
+    Ok(())
+}
+
+fn export(
+    root: &Path,
+    workspace: &Workspace,
+    reference: &str,
+    file: &Path,
+    json: bool,
+) -> Result<()> {
+    let reference = parse(reference)?;
+    let project = load(root)?;
+    let exported = kiln_pipeline::transfer::export_version(workspace, &project, &reference, file)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&exported)?);
+    }
+    errln!(
+        "exported `{}` v{} to `{}` ({} blob{}, {} bytes)",
+        exported.model,
+        exported.version,
+        file.display(),
+        exported.blobs,
+        if exported.blobs == 1 { "" } else { "s" },
+        exported.bytes
+    );
+    Ok(())
+}
+
+/// Imports an export; when this is a project that declares the model, `latest` is laid out for
+/// serving as a run would lay it out.
+fn import(root: &Path, workspace: &mut Workspace, file: &Path, json: bool) -> Result<()> {
+    let imported = kiln_pipeline::transfer::import_version(workspace, file)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&imported)?);
+    }
+    let origin = &imported.origin;
+    if imported.new {
+        errln!(
+            "imported `{}@v{}` from `{}` as `{}` v{} (now `latest`)",
+            origin.model,
+            origin.version,
+            file.display(),
+            imported.model,
+            imported.version
+        );
+    } else {
+        errln!(
+            "`{}` v{} already holds `{}@v{}` from `{}`: nothing to import",
+            imported.model,
+            imported.version,
+            origin.model,
+            origin.version,
+            file.display()
+        );
+    }
+    let declared = kiln_spec::load(root).ok().filter(|project| {
+        project
+            .model(&imported.model)
+            .is_some_and(|m| m.artifact.is_some())
+    });
+    if let Some(project) = declared
+        && let Err(error) = kiln_pipeline::publish_alias(
+            workspace,
+            &project,
+            &imported.model,
+            kiln_registry::LATEST,
+        )
+    {
+        errln!(
+            "warning: could not publish `{}@latest` for serving: {error}",
+            imported.model
+        );
     }
     Ok(())
 }

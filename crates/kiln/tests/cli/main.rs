@@ -11,3 +11,4 @@ mod run;
 mod runs;
 mod servable;
 mod serve;
+mod transfer;
