@@ -276,19 +276,7 @@ async fn versions(
         Some(text) => Some(parse_version(text).map_err(|error| error.with_field("after"))?),
     };
     blocking(&state, move |registry| {
-        let all = registry.model_versions(&model).map_err(registry_error)?;
-        if all.is_empty() {
-            return Err(registry_error(kiln_registry::Error::NoSuchModel(model)));
-        }
-        // Newest first: the page after version N starts below N.
-        let mut rest = all
-            .into_iter()
-            .filter(|version| after.is_none_or(|after| version.version < after));
-        let versions: Vec<ModelVersion> = rest.by_ref().take(limit).collect();
-        let next_after = match rest.next() {
-            Some(_) => versions.last().map(|version| version.version),
-            None => None,
-        };
+        let (versions, next_after) = page(registry, &model, after, limit)?;
         Ok(Json(VersionPage {
             model,
             versions,
@@ -296,6 +284,49 @@ async fn versions(
         }))
     })
     .await
+}
+
+/// Up to `limit` versions of `model` below `after` (from the newest when `None`), and the
+/// `after` of the next page. Versions are numbered without gaps and `latest` names the newest
+/// (only registrations and imports move it), so a page is `limit` lookups, not a read of every
+/// version.
+fn page(
+    registry: &Registry,
+    model: &str,
+    after: Option<Version>,
+    limit: usize,
+) -> Result<(Vec<ModelVersion>, Option<Version>), ApiError> {
+    let latest = ModelRef {
+        model: model.to_string(),
+        selector: Selector::Alias(LATEST.to_string()),
+    };
+    let newest = match registry.resolve(&latest) {
+        Ok(newest) => newest,
+        // Every registration moves `latest`; should it be unset, the newest is read instead.
+        Err(kiln_registry::Error::AliasUnset { .. }) => registry
+            .model_versions(model)
+            .map_err(registry_error)?
+            .first()
+            .map_or(0, |version| version.version),
+        Err(error) => return Err(registry_error(error)),
+    };
+    let top = after.map_or(newest, |after| (after - 1).min(newest));
+    let mut versions = Vec::new();
+    let mut number = top;
+    while number >= 1 && versions.len() < limit {
+        match registry.model_version(model, number) {
+            Ok(version) => versions.push(version),
+            // Not expected (versions have no gaps), but a missing one is no error for a list.
+            Err(kiln_registry::Error::NoSuchVersion { .. }) => {}
+            Err(error) => return Err(registry_error(error)),
+        }
+        number -= 1;
+    }
+    let next_after = match versions.last() {
+        Some(last) if last.version > 1 && number >= 1 => Some(last.version),
+        _ => None,
+    };
+    Ok((versions, next_after))
 }
 
 async fn version(
