@@ -226,6 +226,8 @@ fn versions_come_newest_first_a_page_at_a_time() {
     assert_eq!(page("?limit=1&after=v2"), (vec![1], json!(null)));
     assert_eq!(page("?limit=6"), (vec![7, 6, 5, 4, 3, 2], json!(2)));
     assert_eq!(page("?limit=7"), (vec![7, 6, 5, 4, 3, 2, 1], json!(null)));
+    assert_eq!(page("?limit=2&after=100"), (vec![7, 6], json!(6)));
+    assert_eq!(page("?after=1"), (vec![], json!(null)));
 
     for (query, field) in [
         ("?limit=0", "limit"),
