@@ -84,6 +84,7 @@ pub fn parse_dvc(root: &Path, source: SourceFile) -> Result<Project, Vec<Diagnos
         file: PathBuf::from(DVC_FILE),
         format: ProjectFormat::Dvc,
         models: model.into_iter().collect(),
+        notify: None,
     };
     diagnostics.extend(check_graph(&project));
     if diagnostics.is_empty() {

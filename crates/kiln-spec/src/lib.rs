@@ -8,6 +8,7 @@ pub mod diagnostic;
 pub mod edit;
 pub mod gate;
 pub mod init;
+pub mod notify;
 pub mod project;
 pub mod schema;
 mod validate;

@@ -24,6 +24,8 @@ pub struct Project {
     pub file: PathBuf,
     pub format: ProjectFormat,
     pub models: Vec<Model>,
+    /// Who is told of runs, versions and deployments (`notify:` in kiln.yaml).
+    pub notify: Option<crate::notify::Notify>,
 }
 
 impl Project {

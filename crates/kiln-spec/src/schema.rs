@@ -12,6 +12,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct KilnFile {
     pub models: IndexMap<Spanned<String>, ModelSpec>,
+    pub notify: Option<crate::notify::NotifySpec>,
 }
 
 /// One model: a named pipeline whose result is a servable artifact.

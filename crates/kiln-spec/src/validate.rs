@@ -272,11 +272,17 @@ pub fn parse_kiln(root: &Path, source: SourceFile) -> Result<Project, Vec<Diagno
             models.push(model);
         }
     }
+    let notify = file.notify.as_ref().map(|spec| {
+        let (notify, problems) = crate::notify::read(spec, &source);
+        diagnostics.extend(problems);
+        notify
+    });
     let project = Project {
         root: root.to_path_buf(),
         file: PathBuf::from(KILN_FILE),
         format: ProjectFormat::Kiln,
         models,
+        notify,
     };
     diagnostics.extend(check_examples(&project, &file, &source));
     diagnostics.extend(check_graph(&project));

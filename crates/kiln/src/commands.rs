@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::error::{CliError, Result};
 use crate::exit;
+use crate::notify;
 use crate::printer::{errln, out, outln};
 use crate::report;
 use crate::ui::{self, Progress};
@@ -126,7 +127,26 @@ pub fn run(root: &Path, args: RunArgs) -> Result<ExitCode> {
         artifact_check: Some(Arc::new(kiln_deploy::ServableCheck::new())),
     };
     let progress = Progress::new(false);
-    let result = kiln_pipeline::run(&mut workspace, &project, &options, &progress)?;
+    let notifier = notify::start(&project);
+    let result = match kiln_pipeline::run(&mut workspace, &project, &options, &progress) {
+        Ok(result) => result,
+        Err(error) => {
+            // Kiln could not do its part (an environment that does not build): the run failed
+            // all the same, and whoever watches it hears so.
+            for model in project
+                .models
+                .iter()
+                .filter(|m| args.models.is_empty() || args.models.contains(&m.name))
+            {
+                notifier.send(&notify::failed_message(&model.name, &error.to_string()));
+            }
+            notify::finish(notifier);
+            return Err(error.into());
+        }
+    };
+    for message in notify::run_messages(&result) {
+        notifier.send(&message);
+    }
 
     for model in &result.models {
         for stage in &model.stages {
@@ -215,6 +235,7 @@ pub fn run(root: &Path, args: RunArgs) -> Result<ExitCode> {
         Some(FailureKind::Environment) => exit::STAGE_FAILED,
     };
     errln!("\n{} ({})", runs.join(", "), ui::duration(result.duration));
+    notify::finish(notifier);
     Ok(exit::code(code))
 }
 

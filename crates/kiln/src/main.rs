@@ -9,6 +9,7 @@ mod exit;
 mod files;
 mod init_cmd;
 mod models_cmd;
+mod notify;
 mod printer;
 mod registry_cmd;
 mod report;

@@ -16,7 +16,9 @@ use serde::Serialize;
 use crate::commands::load;
 use crate::error::{CliError, Result};
 use crate::exit;
+use crate::notify;
 use crate::printer::{errln, outln};
+use kiln_notify::Event;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
@@ -134,12 +136,13 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
                 version,
                 by: moved_by(AliasCommand::Alias, reason.as_deref()),
             };
+            let moved = (reference.model.as_str(), alias.as_str(), Event::Promoted);
             move_alias(
                 &root,
                 &mut workspace,
-                &reference.model,
-                &alias,
+                moved,
                 change,
+                reason.as_deref(),
                 json,
             )?;
         }
@@ -159,7 +162,15 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
                 version,
                 by: moved_by(AliasCommand::Promote, reason.as_deref()),
             };
-            move_alias(&root, &mut workspace, &model, &to, change, json)?;
+            let moved = (model.as_str(), to.as_str(), Event::Promoted);
+            move_alias(
+                &root,
+                &mut workspace,
+                moved,
+                change,
+                reason.as_deref(),
+                json,
+            )?;
         }
         ModelsCommand::Rollback {
             model,
@@ -170,7 +181,15 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
             let change = AliasChange::Rollback {
                 reason: reason.as_deref(),
             };
-            move_alias(&root, &mut workspace, &model, &alias, change, json)?;
+            let moved = (model.as_str(), alias.as_str(), Event::RolledBack);
+            move_alias(
+                &root,
+                &mut workspace,
+                moved,
+                change,
+                reason.as_deref(),
+                json,
+            )?;
         }
     }
     Ok(exit::code(exit::SUCCESS))
@@ -200,14 +219,15 @@ fn when(ms: i64) -> String {
         .unwrap_or_else(|_| "-".to_string())
 }
 
-/// Moves an alias and its serving link, and reports the move; a link that cannot be moved (no
-/// project here, a model without artifact) is a warning: the move itself is recorded.
+/// Moves an alias (`(model, alias, what it is for notifications)`) and its serving link,
+/// reports the move and notifies; a link that cannot be moved (no project here, a model without
+/// artifact) is a warning: the move itself is recorded.
 fn move_alias(
     root: &Path,
     workspace: &mut Workspace,
-    model: &str,
-    alias: &str,
+    (model, alias, event): (&str, &str, Event),
     change: AliasChange<'_>,
+    reason: Option<&str>,
     json: bool,
 ) -> Result<()> {
     let project = load(root).map_err(|error| error.to_string());
@@ -228,6 +248,18 @@ fn move_alias(
     );
     if let Some(warning) = &moved.serving_warning {
         errln!("warning: could not publish `{model}@{alias}` for serving: {warning}");
+    }
+    if let Ok(project) = &project {
+        let notifier = notify::start(project);
+        notifier.send(&notify::alias_message(
+            event,
+            model,
+            alias,
+            moved.from_version,
+            moved.to_version,
+            reason,
+        ));
+        notify::finish(notifier);
     }
     Ok(())
 }

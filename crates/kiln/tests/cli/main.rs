@@ -6,6 +6,7 @@ mod example;
 mod formats;
 mod init;
 mod models;
+mod notify;
 mod registry;
 mod run;
 mod runs;
