@@ -15,6 +15,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use kiln_pipeline::AliasMoved;
+
 /// The environment variable holding the token that alias moves must present
 /// (`Authorization: Bearer <token>`). Unset or empty: the API moves no alias.
 pub const KILN_REGISTRY_TOKEN: &str = "KILN_REGISTRY_TOKEN";
@@ -47,6 +49,10 @@ impl Error {
     }
 }
 
+/// Called (on a blocking thread) after an alias moved through the API, with the move and its
+/// reason: how the binary sends the project's notifications, which this crate does not own.
+pub type OnAliasMoved = Arc<dyn Fn(&AliasMoved, Option<&str>) + Send + Sync>;
+
 /// What the API serves, and who may move aliases.
 #[derive(Clone)]
 pub struct ApiConfig {
@@ -55,6 +61,8 @@ pub struct ApiConfig {
     pub root: PathBuf,
     /// The token alias moves must present; `None` refuses every move.
     pub token: Option<String>,
+    /// Told of every alias move, when set.
+    pub on_alias_moved: Option<OnAliasMoved>,
 }
 
 impl ApiConfig {
@@ -64,7 +72,11 @@ impl ApiConfig {
         let token = std::env::var(KILN_REGISTRY_TOKEN)
             .ok()
             .filter(|token| !token.is_empty());
-        ApiConfig { root, token }
+        ApiConfig {
+            root,
+            token,
+            on_alias_moved: None,
+        }
     }
 }
 
@@ -74,6 +86,7 @@ impl std::fmt::Debug for ApiConfig {
         f.debug_struct("ApiConfig")
             .field("root", &self.root)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("on_alias_moved", &self.on_alias_moved.is_some())
             .finish()
     }
 }

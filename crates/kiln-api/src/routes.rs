@@ -487,6 +487,7 @@ async fn move_alias(
     kiln_registry::validate_alias(&alias).map_err(registry_error)?;
     let request = read_move(body).await?;
     let root = state.config.root.clone();
+    let on_moved = state.config.on_alias_moved.clone();
     let moved = tokio::task::spawn_blocking(move || -> Result<AliasMoved, ApiError> {
         let mut workspace = Workspace::open(&root).map_err(internal)?;
         let reference = ModelRef {
@@ -506,7 +507,7 @@ async fn move_alias(
                 reason: Some(request.reason.as_deref().unwrap_or(DEFAULT_REASON)),
             },
         };
-        kiln_pipeline::move_alias(
+        let moved = kiln_pipeline::move_alias(
             &mut workspace,
             project.as_ref().map_err(String::clone),
             &model,
@@ -516,7 +517,11 @@ async fn move_alias(
         .map_err(|error| match error {
             kiln_pipeline::Error::Registry(error) => registry_error(error),
             other => internal(other),
-        })
+        })?;
+        if let Some(on_moved) = on_moved {
+            on_moved(&moved, request.reason.as_deref());
+        }
+        Ok(moved)
     })
     .await
     .map_err(internal)??;

@@ -6,10 +6,12 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use kiln_api::{ApiConfig, KILN_REGISTRY_TOKEN};
+use kiln_api::{AliasMoved, ApiConfig, KILN_REGISTRY_TOKEN, OnAliasMoved};
+use kiln_notify::Event;
 
 use crate::error::{CliError, Result};
 use crate::exit;
+use crate::notify;
 use crate::printer::errln;
 
 #[derive(Debug, Subcommand)]
@@ -56,7 +58,8 @@ fn serve(root: &Path, listen: SocketAddr) -> Result<()> {
             kiln_pipeline::workspace::STATE_DIR
         )));
     }
-    let config = ApiConfig::from_env(root.to_path_buf());
+    let mut config = ApiConfig::from_env(root.to_path_buf());
+    config.on_alias_moved = Some(notify_moves(root.to_path_buf()));
     let moves = if config.token.is_some() {
         "alias moves take the token of KILN_REGISTRY_TOKEN".to_string()
     } else {
@@ -71,4 +74,31 @@ fn serve(root: &Path, listen: SocketAddr) -> Result<()> {
         errln!("kiln registry serve: listening on http://{addr} ({moves})");
     })?;
     Ok(())
+}
+
+/// Sends the project's notifications (`notify:` in kiln.yaml, read at each move) for an alias
+/// moved through the API, as `kiln models alias` does, on a thread of its own: a slow receiver
+/// does not hold the HTTP answer.
+fn notify_moves(root: std::path::PathBuf) -> OnAliasMoved {
+    std::sync::Arc::new(move |moved: &AliasMoved, reason: Option<&str>| {
+        let Ok(project) = kiln_spec::load(&root) else {
+            return;
+        };
+        if project.notify.is_none() {
+            return;
+        }
+        let message = notify::alias_message(
+            Event::Promoted,
+            &moved.model,
+            &moved.alias,
+            moved.from_version,
+            moved.to_version,
+            reason,
+        );
+        std::thread::spawn(move || {
+            let notifier = notify::start(&project);
+            notifier.send(&message);
+            notify::finish(notifier);
+        });
+    })
 }

@@ -24,6 +24,7 @@ impl TestServer {
         let config = ApiConfig {
             root: root.to_path_buf(),
             token: token.map(str::to_string),
+            on_alias_moved: None,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

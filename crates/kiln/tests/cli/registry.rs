@@ -25,6 +25,11 @@ impl Drop for ChildGuard {
 
 /// `kiln registry serve` on a free port with `token`; returns the guard and the base URL.
 fn serve(dir: &Path, token: Option<&str>) -> (ChildGuard, String) {
+    serve_with(dir, token, &[])
+}
+
+/// [`serve`] with more environment variables.
+fn serve_with(dir: &Path, token: Option<&str>, env: &[(&str, &str)]) -> (ChildGuard, String) {
     let mut command = Command::new(assert_cmd::cargo::cargo_bin("kiln"));
     command
         .args(["registry", "serve", "--listen", "127.0.0.1:0"])
@@ -36,6 +41,7 @@ fn serve(dir: &Path, token: Option<&str>) -> (ChildGuard, String) {
     if let Some(token) = token {
         command.env("KILN_REGISTRY_TOKEN", token);
     }
+    command.envs(env.iter().copied());
     let mut guard = ChildGuard(command.spawn().unwrap());
     let stderr = guard.0.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
@@ -123,6 +129,55 @@ fn kiln_registry_serve_reads_the_registry_and_moves_an_alias_with_the_token() {
     assert_eq!(history[0]["reason"], json!("first release"));
     assert_eq!(history.as_array().unwrap().len(), 1);
 
+    assert!(terminate(&mut server).success());
+}
+
+#[test]
+fn an_alias_moved_through_the_api_notifies_as_kiln_models_alias_does() {
+    let project = project();
+    green(&project, 0.9);
+    let tools = tempfile::tempdir().unwrap();
+    let (_receiver, hook_port) = crate::notify::start_receiver(tools.path());
+    let kiln_yaml = project.read("kiln.yaml");
+    project.write(
+        "kiln.yaml",
+        &format!(
+            "{kiln_yaml}notify:\n  webhooks:\n    - url: http://127.0.0.1:{hook_port}/hooks\n      secret_env: KILN_TEST_HOOK_SECRET\n"
+        ),
+    );
+    let (mut server, url) = serve_with(
+        project.root(),
+        Some("s3cret"),
+        &[("KILN_TEST_HOOK_SECRET", crate::notify::SECRET)],
+    );
+    let moved = reqwest::blocking::Client::new()
+        .put(format!("{url}/v1/models/m/aliases/production"))
+        .bearer_auth("s3cret")
+        .json(&json!({"version": 1, "reason": "first release"}))
+        .send()
+        .unwrap();
+    assert_eq!(moved.status().as_u16(), 200);
+    let hooks = tools.path().join("hooks.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let hook: Value = loop {
+        if let Ok(text) = std::fs::read_to_string(&hooks)
+            && let Some(line) = text.lines().next()
+        {
+            break serde_json::from_str(line).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notification arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(hook["event"], json!("promoted"));
+    assert_eq!(hook["signed"], json!(true));
+    assert_eq!(
+        hook["body"]["text"],
+        json!("`m` `production` now serves v1")
+    );
+    assert_eq!(hook["body"]["details"][0], json!("reason: first release"));
     assert!(terminate(&mut server).success());
 }
 
