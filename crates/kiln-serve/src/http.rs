@@ -472,7 +472,7 @@ async fn run_infer(
     let _in_flight = scopeguard::guard((), move |()| {
         in_flight.dec();
     });
-    check_content_type(headers, protocol)?;
+    let media = check_content_type(headers, protocol)?;
     let bytes = read_body(body, headers, state.settings.max_body_bytes).await?;
     let signature = model.engine.signature();
     let allow_nan = state.settings.allow_nan;
@@ -513,20 +513,28 @@ async fn run_infer(
             Ok(response)
         }
         Protocol::Mlflow => {
-            if !sampled && let Some(inputs) = mlflow::decode_fast(&bytes, signature) {
+            if media == Media::Json
+                && !sampled
+                && let Some(inputs) = mlflow::decode_fast(&bytes, signature)
+            {
                 let outputs = model.infer(inputs).await.map_err(infer_error)?;
                 return Ok(json_response(
                     StatusCode::OK,
                     mlflow::encode(&outputs, signature),
                 ));
             }
-            let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                ApiError::new(
-                    ErrorCode::BadJson,
-                    format!("the request body is not valid JSON: {e}"),
-                )
-            })?;
-            let inputs = mlflow::decode(&body, signature, allow_nan)?;
+            let (inputs, body) = match media {
+                Media::Csv => mlflow::decode_csv(&bytes, signature, allow_nan)?,
+                Media::Json => {
+                    let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                        ApiError::new(
+                            ErrorCode::BadJson,
+                            format!("the request body is not valid JSON: {e}"),
+                        )
+                    })?;
+                    (mlflow::decode(&body, signature, allow_nan)?, body)
+                }
+            };
             let inputs = check_inputs(signature, inputs, "")?;
             if sampled {
                 logged.inputs = Some(body);
@@ -579,26 +587,37 @@ fn tensors_json(tensors: &NamedTensors) -> Value {
     )
 }
 
-fn check_content_type(headers: &HeaderMap, protocol: Protocol) -> Result<(), ApiError> {
+/// What a request body holds, by its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Json,
+    /// `text/csv`, which MLflow's `/invocations` also takes.
+    Csv,
+}
+
+fn check_content_type(headers: &HeaderMap, protocol: Protocol) -> Result<Media, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("").to_ascii_lowercase());
     let essence = content_type
         .as_deref()
         .map(|c| c.split(';').next().unwrap_or("").trim().to_string());
-    let ok = match (protocol, essence.as_deref()) {
-        (Protocol::Mlflow, Some("application/json")) => true,
-        (Protocol::Mlflow, _) => false,
-        (Protocol::V2, None | Some("application/json" | "application/octet-stream" | "")) => true,
-        (Protocol::V2, _) => false,
+    let (media, expected) = match (protocol, essence.as_deref()) {
+        (Protocol::Mlflow, Some("application/json")) => (Some(Media::Json), ""),
+        (Protocol::Mlflow, Some("text/csv")) => (Some(Media::Csv), ""),
+        (Protocol::Mlflow, _) => (None, "`Content-Type: application/json` or `text/csv`"),
+        (Protocol::V2, None | Some("application/json" | "application/octet-stream" | "")) => {
+            (Some(Media::Json), "")
+        }
+        (Protocol::V2, _) => (None, "`Content-Type: application/json`"),
     };
-    if ok {
-        return Ok(());
+    if let Some(media) = media {
+        return Ok(media);
     }
     let got = content_type.map_or_else(|| "no `Content-Type`".to_string(), |c| format!("`{c}`"));
     Err(ApiError::new(
         ErrorCode::UnsupportedMediaType,
-        format!("expected `Content-Type: application/json`, got {got}"),
+        format!("expected {expected}, got {got}"),
     )
     .with_field("Content-Type"))
 }

@@ -54,6 +54,65 @@ pub fn decode(
     }
 }
 
+/// Decodes a `text/csv` body as MLflow's scoring server reads one (with pandas): a header row
+/// of column names, then a row per example. A cell is a number when it reads as one, `true` or
+/// `false` (any case) a boolean, an empty cell missing, anything else a string. Also returns the
+/// table as a `dataframe_split` body, for the request log.
+pub fn decode_csv(
+    body: &[u8],
+    signature: &Signature,
+    allow_nan: bool,
+) -> Result<(NamedTensors, Value), ApiError> {
+    let not_csv = |error: csv::Error| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the request body is not valid CSV: {error}"),
+        )
+    };
+    // Flexible: a row of the wrong width is reported by the table, with its number.
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(body);
+    let columns: Vec<String> = reader
+        .headers()
+        .map_err(not_csv)?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let rows = reader
+        .records()
+        .map(|record| Ok(record.map_err(not_csv)?.iter().map(csv_cell).collect()))
+        .collect::<Result<Vec<Vec<Value>>, ApiError>>()?;
+    let table = Table {
+        columns: Some(columns.clone()),
+        rows: rows.iter().map(|row| row.iter().collect()).collect(),
+        field: "csv",
+    };
+    let inputs = table_to_inputs(table, signature, allow_nan)?;
+    let logged = serde_json::json!({"dataframe_split": {"columns": columns, "data": rows}});
+    Ok((inputs, logged))
+}
+
+fn csv_cell(text: &str) -> Value {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Value::Null;
+    }
+    if let Ok(integer) = trimmed.parse::<i64>() {
+        return Value::from(integer);
+    }
+    if let Some(number) = trimmed
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+    {
+        return Value::Number(number);
+    }
+    match trimmed.to_ascii_lowercase().as_str() {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => Value::String(text.to_string()),
+    }
+}
+
 /// The common bodies of a numeric model, decoded without building a `serde_json::Value` tree: `inputs` or
 /// `instances` as a list of rows of numbers, or `dataframe_split` whose cells are all numbers, for a model
 /// with one 2-D float input. `None` for anything else (other formats, `null`s, strings, a shape or a

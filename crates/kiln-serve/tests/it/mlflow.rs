@@ -99,3 +99,71 @@ fn mlflow_single_model_invocations_ping_health_version() {
     assert_eq!(status, 200);
     assert!(!version.is_empty());
 }
+
+#[test]
+fn mlflow_takes_csv_as_pandas_writes_it_and_refuses_bad_csv() {
+    let server = onnx_server();
+    let expected = expected();
+    let sample = expected["iris_sample"].to_string();
+    // The body a client makes with `DataFrame.to_csv(index=False)`, columns in another order.
+    let csv = crate::common::run_python(&[
+        "-c".as_ref(),
+        "import json, sys, pandas as pd\n\
+         frame = pd.DataFrame(json.loads(sys.argv[1]), columns=sys.argv[2].split(','))\n\
+         sys.stdout.write(frame[list(reversed(frame.columns))].to_csv(index=False))"
+            .as_ref(),
+        sample.as_ref(),
+        COLUMNS.join(",").as_ref(),
+    ]);
+    let (status, answer) = server.post_raw(
+        "/models/lr/invocations",
+        Some("text/csv; charset=utf-8"),
+        csv.clone().into_bytes(),
+    );
+    assert_eq!(status, 200, "{csv} -> {answer}");
+    let labels: Vec<Value> = answer["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["output_label"].clone())
+        .collect();
+    assert_eq!(Value::Array(labels), expected["iris_lr_labels"]);
+
+    let refused = [
+        (
+            "a,b,c,d\n1,2,3,4\n1,2,3\n".as_bytes().to_vec(),
+            400,
+            "`csv` row 1 has 3 values, row 0 has 4",
+        ),
+        (
+            b"sepal_length,sepal_width,petal_length,petal_width\n1,2,\xff,4\n".to_vec(),
+            400,
+            "the request body is not valid CSV",
+        ),
+        (
+            "sepal_length,sepal_width,petal_length,petal_width\n"
+                .as_bytes()
+                .to_vec(),
+            400,
+            "`csv` has no rows",
+        ),
+    ];
+    for (body, code, message) in refused {
+        let (status, answer) = server.post_raw("/models/lr/invocations", Some("text/csv"), body);
+        assert_eq!(status, code, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(message),
+            "{answer}"
+        );
+    }
+    let (status, answer) = server.post_raw(
+        "/models/lr/invocations",
+        Some("text/plain"),
+        csv.into_bytes(),
+    );
+    assert_eq!(status, 415, "{answer}");
+    assert_eq!(
+        answer["error"],
+        "expected `Content-Type: application/json` or `text/csv`, got `text/plain`"
+    );
+}
