@@ -91,6 +91,8 @@ pub enum ModelsCommand {
     },
     /// Register a version exported by `kiln models export` (elsewhere), after checking all of it.
     Import {
+        /// A file written by `kiln models export`; one that is not whole and sound is refused
+        /// (exit code 2) and leaves nothing behind.
         #[arg(value_name = "FILE.tar")]
         file: PathBuf,
         #[arg(long)]
