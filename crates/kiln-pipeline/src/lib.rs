@@ -5,6 +5,7 @@
 //! Invariant: a stage's cache entry is written only after all its outs are in the store and its
 //! data checks passed, so a crash at any point leaves nothing the next run cannot trust.
 
+pub mod aliases;
 pub mod artifact;
 pub mod checks;
 pub mod gates;
@@ -19,6 +20,7 @@ pub mod stage;
 pub mod status;
 pub mod store_roots;
 pub mod training_data;
+pub mod transfer;
 pub mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -26,9 +28,10 @@ use std::path::{Path, PathBuf};
 use kiln_registry::RunId;
 use kiln_spec::RelPath;
 
+pub use aliases::{AliasChange, AliasMoved, move_alias};
 pub use artifact::{
     Artifact, PublishedVersion, latest_artifact, publish, publish_alias, publish_version,
-    version_artifact,
+    version_artifact, version_out,
 };
 pub use kiln_registry::{ModelRef, Selector, Version};
 pub use params::{Override, ParamWrite};
@@ -129,6 +132,12 @@ pub enum Error {
         #[source]
         source: kiln_profile::Error,
     },
+    #[error(
+        "version {version} of model `{model}` was imported, but the store holds no record of its artifact"
+    )]
+    ImportRecordMissing { model: String, version: Version },
+    #[error(transparent)]
+    Transfer(#[from] transfer::TransferError),
     #[error("run {run} recorded the out `{path}` with a digest that is not one: `{digest}`")]
     BadDigest {
         run: RunId,
@@ -167,6 +176,10 @@ impl Error {
                 Some("`--set` takes a key of the params file, e.g. `--set train.C=0.5`".into())
             }
             Error::PythonEnv(error) => error.hint(),
+            Error::Transfer(error) => error.hint(),
+            Error::ImportRecordMissing { .. } => {
+                Some("import the version's export file again with `kiln models import FILE`".into())
+            }
             Error::Registry(error) => error.hint(),
             Error::NoArtifact { model, .. } => Some(format!(
                 "add `artifact: PATH` to model `{model}`, naming the file or folder a stage writes for serving"

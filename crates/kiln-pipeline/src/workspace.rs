@@ -12,6 +12,12 @@ use crate::hashing::StatCache;
 /// Name of the state folder at the project root.
 pub const STATE_DIR: &str = ".kiln";
 
+/// Opens only the registry of the project at `root`, for readers that need nothing else of
+/// `.kiln/` (the registry's HTTP API).
+pub fn open_registry(root: &Path) -> Result<Registry, Error> {
+    Ok(Registry::open(&root.join(STATE_DIR).join("kiln.db"))?)
+}
+
 /// The open state of one project.
 #[derive(Debug)]
 pub struct Workspace {
@@ -39,7 +45,7 @@ impl Workspace {
                 .map_err(|source| Error::io("write", &ignore, source))?;
         }
         Ok(Workspace {
-            registry: Registry::open(&state_dir.join("kiln.db"))?,
+            registry: open_registry(root)?,
             store: Store::open(state_dir.join("store"))?,
             remote: kiln_store::remote_from_env()?
                 .map(|remote| Box::new(remote) as Box<dyn BlobStore>),

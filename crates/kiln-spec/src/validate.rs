@@ -332,7 +332,10 @@ struct ModelReader<'a> {
     diagnostics: &'a mut Vec<Diagnostic>,
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` can name a model (or a stage): letters, digits, `_`, `-` and `.`, not starting
+/// with `.` or `-`. Other crates check names from outside (an HTTP path, an imported tarball)
+/// with it, since a model name becomes a folder name under `.kiln/`.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
