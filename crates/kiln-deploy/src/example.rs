@@ -1,7 +1,7 @@
 //! The example input a green run's model must answer before it is published: the file named by
 //! `example:` in kiln.yaml, else the first rows of a CSV file of the model's data — the files its
 //! data checks read first, then CSV files its stages write (a name with `train` first), then CSV
-//! files its stages read. Rows become an MLflow scoring body (`dataframe_split`), so the check
+//! files its stages read (`kiln_pipeline::training_data::model_data_csv`). Rows become an MLflow scoring body (`dataframe_split`), so the check
 //! goes through the same decoding and signature validation as a client's request.
 
 use std::path::{Path, PathBuf};
@@ -14,9 +14,6 @@ use crate::error::ExampleError;
 
 /// Rows taken from an example file.
 pub const EXAMPLE_ROWS: usize = 5;
-
-/// How deep Kiln looks for CSV files inside a folder a stage writes.
-const SEARCH_DEPTH: usize = 3;
 
 /// An example input and where it came from.
 #[derive(Debug, Clone)]
@@ -34,7 +31,7 @@ pub struct Example {
 pub fn example_input(project: &Project, model: &Model) -> Result<Option<Example>, Error> {
     let (path, declared) = match &model.example {
         Some(example) => (example.to_path(&project.root), true),
-        None => match found_example(project, model) {
+        None => match kiln_pipeline::training_data::model_data_csv(project, model) {
             Some(path) => (path, false),
             None => return Ok(None),
         },
@@ -54,51 +51,6 @@ pub fn example_input(project: &Project, model: &Model) -> Result<Option<Example>
         shown,
         declared,
     }))
-}
-
-/// The first CSV file of the model's data, in the order of the module header.
-fn found_example(project: &Project, model: &Model) -> Option<PathBuf> {
-    let is_csv = |p: &Path| p.is_file() && p.extension().is_some_and(|e| e == "csv");
-    let checked = model
-        .stages
-        .iter()
-        .flat_map(|s| &s.checks)
-        .map(|c| c.file.to_path(&project.root));
-    let mut written: Vec<PathBuf> = Vec::new();
-    for out in model.stages.iter().flat_map(|s| &s.outs) {
-        collect_csv(&out.to_path(&project.root), SEARCH_DEPTH, &mut written);
-    }
-    // A stable preference: training data first, then the rest in path order.
-    written.sort_by_key(|p| {
-        let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase());
-        (!name.is_some_and(|n| n.contains("train")), p.clone())
-    });
-    let read = model
-        .stages
-        .iter()
-        .flat_map(|s| &s.deps)
-        .map(|d| d.to_path(&project.root));
-    checked.chain(written).chain(read).find(|p| is_csv(p))
-}
-
-fn collect_csv(path: &Path, depth: usize, found: &mut Vec<PathBuf>) {
-    if path.is_file() {
-        if path.extension().is_some_and(|e| e == "csv") {
-            found.push(path.to_path_buf());
-        }
-        return;
-    }
-    if depth == 0 {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return;
-    };
-    let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    children.sort();
-    for child in children {
-        collect_csv(&child, depth - 1, found);
-    }
 }
 
 /// Reads a CSV file (header row, then data) or a JSON file (a list of records, or an MLflow
@@ -170,11 +122,33 @@ fn from_json(value: Value) -> Result<Value, ExampleError> {
             }
             Ok(json!({"dataframe_split": {"columns": columns, "data": data}}))
         }
-        Value::Object(body) if is_scoring_body(&body) => Ok(Value::Object(body)),
+        Value::Object(body) if is_scoring_body(&body) => Ok(first_rows(Value::Object(body))),
         _ => Err(ExampleError::Shape(
             "a JSON example is a list of records, or an MLflow scoring body (`dataframe_split`, `dataframe_records`, `instances` or `inputs`)".into(),
         )),
     }
+}
+
+/// A scoring body cut to its first [`EXAMPLE_ROWS`] rows (records, instances, or rows of a
+/// split or of each named input), so that the example a version keeps stays small.
+fn first_rows(mut body: Value) -> Value {
+    let rows = match body.as_object_mut().and_then(|b| b.iter_mut().next()) {
+        Some((key, value)) if key == "dataframe_split" => value.get_mut("data"),
+        Some((_, value)) => Some(value),
+        None => None,
+    };
+    match rows {
+        Some(Value::Array(rows)) => rows.truncate(EXAMPLE_ROWS),
+        Some(Value::Object(inputs)) => {
+            for rows in inputs.values_mut() {
+                if let Value::Array(rows) = rows {
+                    rows.truncate(EXAMPLE_ROWS);
+                }
+            }
+        }
+        _ => {}
+    }
+    body
 }
 
 fn is_scoring_body(body: &Map<String, Value>) -> bool {
@@ -225,6 +199,22 @@ mod tests {
         let body = dir.path().join("body.json");
         std::fs::write(&body, r#"{"inputs": [[1, 2]]}"#).unwrap();
         assert_eq!(read_example(&body).unwrap(), json!({"inputs": [[1, 2]]}));
+        // A version keeps its example: a long body is cut to its first rows.
+        let rows: Vec<Value> = (0..100).map(|i| json!([i])).collect();
+        std::fs::write(
+            &body,
+            json!({"dataframe_split": {"columns": ["a"], "data": rows}}).to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            read_example(&body).unwrap(),
+            json!({"dataframe_split": {"columns": ["a"], "data": [[0], [1], [2], [3], [4]]}})
+        );
+        std::fs::write(&body, json!({"inputs": {"x": rows}}).to_string()).unwrap();
+        assert_eq!(
+            read_example(&body).unwrap(),
+            json!({"inputs": {"x": [[0], [1], [2], [3], [4]]}})
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! A passed check is remembered under `.kiln/servable/<key>`, the key naming the artifact's
 //! content, the example's content and the environment: a no-op re-run does not load the model
-//! again.
+//! again, and still gets the model's signature and the example it answered, which the pass
+//! keeps for the registered version.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -21,8 +22,9 @@ use serde_json::json;
 use crate::example::{Example, example_input};
 use crate::runtime::{find_onnx_runtime, needs_onnx_runtime};
 
-/// Versions the encoding of the remembered checks' keys.
-const KEY_TAG: &str = "kiln-servable-check-v1";
+/// Versions the encoding of the remembered checks' keys (v2: a pass keeps the model's
+/// signature and the example it answered).
+const KEY_TAG: &str = "kiln-servable-check-v2";
 
 /// Loads the artifact as `kiln serve` would (one worker or session) and predicts on the
 /// model's example input (see [`example_input`]).
@@ -112,6 +114,8 @@ impl ServableCheck {
                      inputs)",
                     model.name
                 )),
+                signature: Some(probe.signature),
+                example: None,
             });
         }
         let rows = if probe.rows == 1 { "row" } else { "rows" };
@@ -122,6 +126,8 @@ impl ServableCheck {
         Ok(ServablePass {
             summary: format!("loaded and predicted {} {what} in {millis} ms", probe.rows),
             warning: note.map(|note| format!("servable check of `{}`: {note}", model.name)),
+            signature: Some(probe.signature),
+            example: probe.example,
         })
     }
 }
@@ -154,7 +160,12 @@ impl ArtifactCheck for ServableCheck {
                 message: name_the_artifact(&failure.message, artifact, model),
                 detail: failure.detail,
             })?;
-        let record = json!({"summary": pass.summary, "warning": pass.warning});
+        let record = json!({
+            "summary": pass.summary,
+            "warning": pass.warning,
+            "signature": pass.signature,
+            "example": pass.example,
+        });
         // Remembering is an optimisation: a failure to write only means checking again.
         if let Some(folder) = remembered.parent()
             && std::fs::create_dir_all(folder).is_ok()
@@ -195,6 +206,8 @@ fn read_remembered(path: &Path) -> Option<ServablePass> {
             record["summary"].as_str()?
         ),
         warning: record["warning"].as_str().map(str::to_string),
+        signature: record.get("signature").filter(|s| !s.is_null()).cloned(),
+        example: record.get("example").filter(|e| !e.is_null()).cloned(),
     })
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use kiln_registry::{ModelRef, OutKind, RunId, Selector, StageOut, Status, Version};
+use kiln_registry::{ModelRef, ModelVersion, OutKind, RunId, Selector, StageOut, Status, Version};
 use kiln_spec::{Model, Project, RelPath};
 use kiln_store::Digest;
 
@@ -170,7 +170,8 @@ fn materialise(
             let target = if relative.is_empty() {
                 path.clone()
             } else {
-                path.join(relative)
+                // Never through a link, never outside the artifact's folder.
+                kiln_store::paths::join_inside(&path, relative)?
             };
             workspace
                 .store
@@ -214,7 +215,8 @@ pub struct PublishedVersion {
     pub version_file: PathBuf,
 }
 
-/// The artifact of the registered version `reference` names, as its run recorded it.
+/// The artifact of the registered version `reference` names: as its run recorded it, or, for
+/// a version imported from another registry, as the import recorded it.
 pub fn version_artifact(
     workspace: &Workspace,
     project: &Project,
@@ -228,15 +230,71 @@ pub fn version_artifact(
     let registered = workspace
         .registry
         .model_version(&reference.model, version)?;
-    let run = workspace.registry.run(registered.lineage.run_id)?;
+    // With a remote store, a version registered elsewhere (or whose blobs were collected here)
+    // is brought into the local store first, verified.
+    if let Some(remote) = &workspace.remote {
+        let digest =
+            Digest::from_hex(&registered.artifact_digest).ok_or_else(|| Error::BadDigest {
+                run: registered.lineage.run_id,
+                path: reference.to_string(),
+                digest: registered.artifact_digest.clone(),
+            })?;
+        workspace.store.fetch(remote.as_ref(), &digest)?;
+    }
+    let out = version_out(workspace, project, &registered)?;
     let artifact = run_artifact(
         workspace,
         project,
         declared,
-        run.run.id,
-        run.stages.iter().flat_map(|stage| &stage.outs),
+        registered.lineage.run_id,
+        [&out],
     )?;
     Ok((version, artifact))
+}
+
+/// Where a registry version's artifact records of an imported version are kept in the store:
+/// the out the artifact was found in, by artifact digest.
+pub(crate) const IMPORTED_OUTS: &str = "imported-outs";
+
+/// The out a registered version's artifact is found in: one of its run's outs, or, for an
+/// imported version (whose run is in another registry), the out its import recorded.
+pub fn version_out(
+    workspace: &Workspace,
+    project: &Project,
+    registered: &ModelVersion,
+) -> Result<StageOut, Error> {
+    if registered.origin.is_some() {
+        let digest = &registered.artifact_digest;
+        let missing = || Error::ImportRecordMissing {
+            model: registered.model.clone(),
+            version: registered.version,
+        };
+        let bytes = workspace
+            .store
+            .read_ref(IMPORTED_OUTS, digest)?
+            .ok_or_else(missing)?;
+        return serde_json::from_slice(&bytes).map_err(|_| missing());
+    }
+    let declared = project
+        .model(&registered.model)
+        .ok_or_else(|| Error::unknown_model(project, &registered.model))?;
+    let artifact = declared_artifact(project, declared)?;
+    let run = registered.lineage.run_id;
+    let detail = workspace.registry.run(run)?;
+    detail
+        .stages
+        .iter()
+        .flat_map(|stage| &stage.outs)
+        .find(|out| {
+            RelPath::resolve(&RelPath::root(), &out.path)
+                .is_some_and(|out_path| artifact.is_within(&out_path))
+        })
+        .cloned()
+        .ok_or_else(|| Error::ArtifactNotRecorded {
+            model: registered.model.clone(),
+            run,
+            artifact: artifact.clone(),
+        })
 }
 
 /// Points `.kiln/serving/<model>@<alias>` (or `@v<N>`) at the version `reference` names. The

@@ -5,6 +5,7 @@
 //! Invariant: a stage's cache entry is written only after all its outs are in the store and its
 //! data checks passed, so a crash at any point leaves nothing the next run cannot trust.
 
+pub mod aliases;
 pub mod artifact;
 pub mod checks;
 pub mod gates;
@@ -17,6 +18,9 @@ pub mod python_env;
 pub mod run;
 pub mod stage;
 pub mod status;
+pub mod store_roots;
+pub mod training_data;
+pub mod transfer;
 pub mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -24,9 +28,10 @@ use std::path::{Path, PathBuf};
 use kiln_registry::RunId;
 use kiln_spec::RelPath;
 
+pub use aliases::{AliasChange, AliasMoved, move_alias};
 pub use artifact::{
     Artifact, PublishedVersion, latest_artifact, publish, publish_alias, publish_version,
-    version_artifact,
+    version_artifact, version_out,
 };
 pub use kiln_registry::{ModelRef, Selector, Version};
 pub use params::{Override, ParamWrite};
@@ -100,12 +105,6 @@ pub enum Error {
     CacheEntryPath { key: String, path: String },
     #[error("the file list of `{out}` (`{digest}`) is missing from the store")]
     TreeMissing { out: RelPath, digest: String },
-    #[error("the file list of `{out}` is damaged")]
-    TreeDamaged {
-        out: RelPath,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error("the object of `{path}` is missing from the store")]
     ObjectMissing { path: RelPath },
     #[error("model `{model}` declares no `artifact` in `{}`", file.display())]
@@ -125,6 +124,20 @@ pub enum Error {
         out: RelPath,
         artifact: RelPath,
     },
+    #[error("cannot profile the training data `{path}` of model `{model}`")]
+    Profile {
+        model: String,
+        /// As the user knows it: relative to the project root.
+        path: String,
+        #[source]
+        source: kiln_profile::Error,
+    },
+    #[error(
+        "version {version} of model `{model}` was imported, but the store holds no record of its artifact"
+    )]
+    ImportRecordMissing { model: String, version: Version },
+    #[error(transparent)]
+    Transfer(#[from] transfer::TransferError),
     #[error("run {run} recorded the out `{path}` with a digest that is not one: `{digest}`")]
     BadDigest {
         run: RunId,
@@ -163,11 +176,16 @@ impl Error {
                 Some("`--set` takes a key of the params file, e.g. `--set train.C=0.5`".into())
             }
             Error::PythonEnv(error) => error.hint(),
+            Error::Transfer(error) => error.hint(),
+            Error::ImportRecordMissing { .. } => {
+                Some("import the version's export file again with `kiln models import FILE`".into())
+            }
             Error::Registry(error) => error.hint(),
             Error::NoArtifact { model, .. } => Some(format!(
                 "add `artifact: PATH` to model `{model}`, naming the file or folder a stage writes for serving"
             )),
             Error::NoGreenRun { model } => Some(format!("run `kiln run {model}` first")),
+            Error::Profile { source, .. } => source.hint(),
             Error::ArtifactMissing { .. } => {
                 Some("make the stage write the artifact, or fix the `artifact` path".into())
             }
@@ -175,9 +193,10 @@ impl Error {
                 "list the artifact (or a folder holding it) in the `outs` of one of the model's stages"
                     .into(),
             ),
-            Error::TreeMissing { .. } | Error::ObjectMissing { .. } | Error::TreeDamaged { .. } => {
+            Error::TreeMissing { .. } | Error::ObjectMissing { .. } => {
                 Some("run `kiln run --force` to store the outs again".into())
             }
+            Error::Store(error) => error.hint(),
             _ => None,
         }
     }

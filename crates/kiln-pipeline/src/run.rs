@@ -50,6 +50,10 @@ pub struct ServablePass {
     /// What the check could not prove (e.g. no example input to predict on), for the run's
     /// warnings.
     pub warning: Option<String>,
+    /// The model's inputs and outputs as its engine read them, kept with the version.
+    pub signature: Option<serde_json::Value>,
+    /// The request body the model answered (a few rows), kept with the version.
+    pub example: Option<serde_json::Value>,
 }
 
 impl ServablePass {
@@ -57,6 +61,8 @@ impl ServablePass {
         ServablePass {
             summary: summary.into(),
             warning: None,
+            signature: None,
+            example: None,
         }
     }
 }
@@ -241,6 +247,9 @@ pub struct ModelReport {
     pub gates: Vec<GateReport>,
     /// The servable check, when it ran (a model with an artifact whose gates passed).
     pub servable: Option<ServableResult>,
+    /// What a passed servable check learnt: the model's signature and the example it answered.
+    pub signature: Option<serde_json::Value>,
+    pub example: Option<serde_json::Value>,
     /// The registry version the run's artifact became (or already was), when it is green.
     pub version: Option<Registered>,
     /// Things that went wrong without failing a stage (an unreadable metrics file, an out that
@@ -509,6 +518,8 @@ fn end_before_stages(
             previous: None,
             gates: Vec::new(),
             servable: None,
+            signature: None,
+            example: None,
             version: None,
             warnings: Vec::new(),
         });
@@ -609,12 +620,13 @@ fn judge(
     }
 
     let mut servable = None;
+    let (mut signature, mut example) = (None, None);
     if failures.is_empty()
         && model.artifact.is_some()
         && let Some(check) = &options.artifact_check
     {
         let outs = stages.iter().flat_map(|s| &s.outs);
-        let (result, warning) = check_servable(
+        let (result, pass) = check_servable(
             workspace,
             project,
             model,
@@ -624,7 +636,11 @@ fn judge(
             &**check,
             observer,
         );
-        warnings.extend(warning);
+        if let Some(pass) = pass {
+            warnings.extend(pass.warning);
+            signature = pass.signature;
+            example = pass.example;
+        }
         if !result.passed {
             failures.push(FailureKind::Unservable);
             message = Some(format!(
@@ -654,6 +670,8 @@ fn judge(
         previous,
         gates,
         servable,
+        signature,
+        example,
         version: None,
         warnings,
     })
@@ -671,7 +689,7 @@ fn check_servable<'a>(
     environment: Option<&PythonEnvironment>,
     check: &dyn ArtifactCheck,
     observer: &dyn Observer,
-) -> (ServableResult, Option<String>) {
+) -> (ServableResult, Option<ServablePass>) {
     observer.on_event(Event::ServableCheckStarted { model: &model.name });
     let started = Instant::now();
     let outcome = run_artifact(workspace, project, model, run_id, outs)
@@ -681,15 +699,15 @@ fn check_servable<'a>(
         })
         .and_then(|artifact| check.check(project, model, &artifact, environment));
     let duration_ms = started.elapsed().as_millis() as i64;
-    let (result, warning) = match outcome {
+    let (result, pass) = match outcome {
         Ok(pass) => (
             ServableResult {
                 passed: true,
-                message: pass.summary,
+                message: pass.summary.clone(),
                 detail: None,
                 duration_ms,
             },
-            pass.warning,
+            Some(pass),
         ),
         Err(failure) => (
             ServableResult {
@@ -705,7 +723,7 @@ fn check_servable<'a>(
         model: &model.name,
         result: &result,
     });
-    (result, warning)
+    (result, pass)
 }
 
 /// Writes a model's run into the registry, in one transaction.
@@ -797,7 +815,10 @@ fn publish(
                 error_chain(&error)
             ));
         }
-        match register(workspace, project, model, published, report) {
+        let mut warnings = Vec::new();
+        let registered = register(workspace, project, model, published, report, &mut warnings);
+        report.warnings.extend(warnings);
+        match registered {
             Ok(registered) => {
                 report.version = Some(registered);
                 if let Err(error) = crate::artifact::publish_alias(
@@ -829,6 +850,7 @@ fn register(
     model: &Model,
     published: &Published<'_>,
     report: &ModelReport,
+    warnings: &mut Vec<String>,
 ) -> Result<Registered, Error> {
     let artifact = run_artifact(
         workspace,
@@ -840,6 +862,16 @@ fn register(
     let environment = match published.environments.get(&model.name) {
         Some(environment) => Some(crate::python_env::installed_packages(environment)?),
         None => None,
+    };
+    let profile = match crate::training_data::profile(workspace, project, model) {
+        Ok(profile) => profile,
+        Err(error) => {
+            warnings.push(format!(
+                "version registered without a profile of its training data: {}",
+                error_chain(&error)
+            ));
+            None
+        }
     };
     let lineage = Lineage {
         run_id: report.run_id,
@@ -857,10 +889,15 @@ fn register(
             passed: s.passed,
             message: s.message.clone(),
         }),
-        signature: None,
-        example: None,
-        profile: None,
+        signature: report.signature.clone(),
+        example: report.example.clone(),
+        profile,
     };
+    // Blobs land before the row that names them: with a remote store, the artifact (a file, or
+    // a tree and its files) is uploaded first.
+    if let Some(remote) = &workspace.remote {
+        workspace.store.push(remote.as_ref(), &artifact.digest)?;
+    }
     Ok(workspace
         .registry
         .register_version(&model.name, &artifact.digest.to_hex(), &lineage)?)

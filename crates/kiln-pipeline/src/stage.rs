@@ -106,7 +106,7 @@ fn entry_path(key: &Digest, out: &CachedOut) -> Result<RelPath, Error> {
 
 pub(crate) const RUN_CACHE: &str = "stage-cache";
 /// Where folder outs keep their list of files.
-pub(crate) const TREES: &str = "trees";
+pub(crate) const TREES: &str = kiln_store::TREES;
 
 /// What the stage cache holds for a key, against the outs in the workspace.
 pub(crate) enum CacheState {
@@ -415,17 +415,12 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// A folder out's file list, from the store.
+/// A folder out's file list, from the store, checked against its digest and for paths that
+/// would climb out of the folder.
 pub(crate) fn read_tree(store: &Store, out: &RelPath, digest: &Digest) -> Result<Tree, Error> {
-    let bytes = store
-        .read_ref(TREES, &digest.to_hex())?
-        .ok_or_else(|| Error::TreeMissing {
-            out: out.clone(),
-            digest: digest.to_hex(),
-        })?;
-    serde_json::from_slice(&bytes).map_err(|source| Error::TreeDamaged {
+    store.get_tree(digest)?.ok_or_else(|| Error::TreeMissing {
         out: out.clone(),
-        source,
+        digest: digest.to_hex(),
     })
 }
 
@@ -469,11 +464,11 @@ fn restore(key: &Digest, entry: &CacheEntry, context: &StageContext<'_>) -> Resu
             Some(tree) => {
                 remove(&absolute)?;
                 for file in &tree.entries {
-                    context.store.restore_file(
-                        &file.digest,
-                        &absolute.join(&file.path),
-                        file.executable,
-                    )?;
+                    // Never through a link, never outside the out's folder.
+                    let target = kiln_store::paths::join_inside(&absolute, &file.path)?;
+                    context
+                        .store
+                        .restore_file(&file.digest, &target, file.executable)?;
                 }
                 fs::create_dir_all(&absolute)
                     .map_err(|source| Error::io("create", &absolute, source))?;

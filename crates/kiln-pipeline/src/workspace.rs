@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use kiln_registry::{Location, Registry, RunId};
-use kiln_store::Store;
+use kiln_store::{BlobStore, Store};
 
 use crate::Error;
 use crate::hashing::StatCache;
@@ -12,12 +12,24 @@ use crate::hashing::StatCache;
 /// Name of the state folder at the project root.
 pub const STATE_DIR: &str = ".kiln";
 
+/// Opens only the registry of the project at `root`, for readers that need nothing else of
+/// `.kiln/` (the registry's HTTP API).
+pub fn open_registry(root: &Path) -> Result<Registry, Error> {
+    let sqlite = root.join(STATE_DIR).join("kiln.db");
+    Ok(Registry::connect(&Location::from_env(&sqlite))?)
+}
+
 /// The open state of one project.
 #[derive(Debug)]
 pub struct Workspace {
     pub state_dir: PathBuf,
     pub registry: Registry,
+    /// The working cache stages read and write: every out is here, on disk.
     pub store: Store,
+    /// The remote blob store (`KILN_STORE_URL`), when one is configured: registered versions'
+    /// artifacts are uploaded to it before they are registered, and fetched from it when a
+    /// version is served on a machine that lacks them.
+    pub remote: Option<Box<dyn BlobStore>>,
     pub stat_cache: StatCache,
 }
 
@@ -34,8 +46,10 @@ impl Workspace {
                 .map_err(|source| Error::io("write", &ignore, source))?;
         }
         Ok(Workspace {
-            registry: Registry::connect(&Location::from_env(&state_dir.join("kiln.db")))?,
+            registry: open_registry(root)?,
             store: Store::open(state_dir.join("store"))?,
+            remote: kiln_store::remote_from_env()?
+                .map(|remote| Box::new(remote) as Box<dyn BlobStore>),
             stat_cache: StatCache::load(&state_dir.join("stat-cache")),
             state_dir,
         })

@@ -1,4 +1,5 @@
-//! The one JSON error shape of the HTTP API, with stable machine-readable codes.
+//! The one JSON error shape of Kiln's HTTP APIs (the prediction server's here, the registry's in
+//! `kiln-api`), with stable machine-readable codes.
 //!
 //! Every error response, whatever the protocol, is `{"error": "<message>", "code": "<code>"}`, plus `"field"`
 //! when one part of the request is at fault and `"request_id"` on inference requests (the same id as the
@@ -7,6 +8,8 @@
 //! Server-side details (a model's traceback, with its file paths) stay in [`ApiError::detail`], which is
 //! logged and never sent.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -36,6 +39,10 @@ pub enum ErrorCode {
     Overloaded,
     ShuttingDown,
     NotFound,
+    AliasNotFound,
+    Unauthorized,
+    Forbidden,
+    Internal,
 }
 
 impl ErrorCode {
@@ -64,6 +71,10 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::AliasNotFound => "alias_not_found",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Internal => "internal",
         }
     }
 
@@ -82,16 +93,20 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::ModelNotFound | ErrorCode::ModelVersionNotFound | ErrorCode::NotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ErrorCode::ModelNotFound
+            | ErrorCode::ModelVersionNotFound
+            | ErrorCode::AliasNotFound
+            | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::ModelNotReady | ErrorCode::ShuttingDown | ErrorCode::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorCode::WorkerCrashed => StatusCode::BAD_GATEWAY,
-            ErrorCode::ModelLoadFailed | ErrorCode::ModelError | ErrorCode::InferenceFailed => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ErrorCode::ModelLoadFailed
+            | ErrorCode::ModelError
+            | ErrorCode::InferenceFailed
+            | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -157,6 +172,34 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
+        if self.code == ErrorCode::Unauthorized {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
+    }
+}
+
+/// `axum::extract::Path`, answering its rejections (a segment that is not UTF-8, a missing
+/// parameter) in the one JSON error shape instead of axum's plain text.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(ApiError::new(
+                ErrorCode::InvalidPath,
+                format!(
+                    "cannot read the request path `{}`: {}",
+                    parts.uri.path(),
+                    rejection.body_text().to_lowercase()
+                ),
+            )),
+        }
     }
 }

@@ -9,14 +9,13 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use crate::api_error::{ApiError, ErrorCode};
+use crate::api_error::{ApiError, ApiPath as Path, ErrorCode};
 use crate::config::ServerConfig;
 use crate::engine::{InferError, NamedTensors};
 use crate::metrics::Metrics;
@@ -106,28 +105,6 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
             "this endpoint does not take `{method}`; inference endpoints take `POST`, the others `GET`"
         ),
     )
-}
-
-/// `axum::extract::Path`, answering its rejections (a segment that is not UTF-8, a missing parameter) in
-/// the one JSON error shape instead of axum's plain text.
-struct Path<T>(T);
-
-impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(value)) => Ok(Path(value)),
-            Err(rejection) => Err(ApiError::new(
-                ErrorCode::InvalidPath,
-                format!(
-                    "cannot read the request path `{}`: {}",
-                    parts.uri.path(),
-                    rejection.body_text().to_lowercase()
-                ),
-            )),
-        }
-    }
 }
 
 async fn server_metadata() -> Json {

@@ -25,6 +25,14 @@ pub struct Probe {
     pub response: Option<Value>,
     /// Loading and predicting, together.
     pub duration: Duration,
+    /// The model's inputs and outputs as the engine read them from the artifact:
+    /// `{"platform", "inputs": [{"name", "datatype", "shape"}] | null, "outputs": [...]}`, plus
+    /// `feature_names` and `class_labels` when the model names them.
+    pub signature: Value,
+    /// The body the prediction was made on: the MLflow scoring body sent (without the columns
+    /// the model does not take), or an Open Inference Protocol v2 request of the generated row.
+    /// `None` when the model was only loaded.
+    pub example: Option<Value>,
 }
 
 /// Loads the model as `kiln serve` would (same engines, same settings), sends `example` through the
@@ -44,37 +52,55 @@ pub fn probe(config: ServerConfig, model: &str, example: Option<&Value>) -> Resu
     let result = runtime.block_on(probe_async(config, model, example));
     // Workers are told to stop when the model drops; do not let a stuck one hold the caller.
     runtime.shutdown_timeout(Duration::from_secs(5));
-    let (rows, response) = result?;
+    let probed = result?;
     Ok(Probe {
-        rows,
-        response,
+        rows: probed.rows,
+        response: probed.response,
         duration: started.elapsed(),
+        signature: probed.signature,
+        example: probed.example,
     })
 }
 
-async fn probe_async(
-    config: ServerConfig,
-    model: &str,
-    example: Option<&Value>,
-) -> Result<(usize, Option<Value>)> {
+/// What [`probe_async`] learnt.
+struct Probed {
+    rows: usize,
+    response: Option<Value>,
+    signature: Value,
+    example: Option<Value>,
+}
+
+async fn probe_async(config: ServerConfig, model: &str, example: Option<&Value>) -> Result<Probed> {
     let allow_nan = config.allow_nan;
     let repository = Repository::new(Arc::new(config), Arc::new(Metrics::new()))?;
     let loaded = repository.load(model).await?;
     let signature = loaded.engine.signature();
-    let inputs = match example {
+    let signature_json = signature_json(loaded.engine.platform(), signature);
+    let (inputs, sent) = match example {
         Some(example) => {
             let example = drop_unknown_columns(example, signature);
-            mlflow::decode(&example, signature, allow_nan)
+            let inputs = mlflow::decode(&example, signature, allow_nan)
                 .and_then(|inputs| check_inputs(signature, inputs, ""))
                 .map_err(|e| Error::BadExample {
                     model: model.to_string(),
                     message: e.message,
                     field: e.field,
-                })?
+                })?;
+            (inputs, example)
         }
         None => match generated_row(signature) {
-            Some(inputs) => inputs,
-            None => return Ok((0, None)),
+            Some(inputs) => {
+                let sent = v2_request(&inputs);
+                (inputs, sent)
+            }
+            None => {
+                return Ok(Probed {
+                    rows: 0,
+                    response: None,
+                    signature: signature_json,
+                    example: None,
+                });
+            }
         },
     };
     let rows = inputs.first().map_or(0, |(_, t)| t.rows());
@@ -91,7 +117,47 @@ async fn probe_async(
     })?;
     let response = serde_json::from_slice(&mlflow::encode(&outputs, signature)).ok();
     repository.unload_all();
-    Ok((rows, response))
+    Ok(Probed {
+        rows,
+        response,
+        signature: signature_json,
+        example: Some(sent),
+    })
+}
+
+/// A model's signature as JSON (see [`Probe::signature`]).
+fn signature_json(platform: &str, signature: &Signature) -> Value {
+    let specs = |specs: &[crate::tensor::TensorSpec]| -> Vec<Value> {
+        specs.iter().map(|s| s.to_json()).collect()
+    };
+    let mut body = serde_json::json!({
+        "platform": platform,
+        "inputs": signature.inputs.as_deref().map(specs),
+        "outputs": specs(&signature.outputs),
+    });
+    if let Some(names) = &signature.feature_names {
+        body["feature_names"] = serde_json::json!(names);
+    }
+    if let Some(labels) = &signature.class_labels {
+        body["class_labels"] = Value::Array(labels.clone());
+    }
+    body
+}
+
+/// An Open Inference Protocol v2 request of `inputs`.
+fn v2_request(inputs: &NamedTensors) -> Value {
+    let inputs: Vec<Value> = inputs
+        .iter()
+        .map(|(name, tensor)| {
+            serde_json::json!({
+                "name": name,
+                "datatype": tensor.data.dtype().as_str(),
+                "shape": tensor.shape,
+                "data": tensor.flat_json(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "inputs": inputs })
 }
 
 /// The column names a model's signature knows, when it names them.

@@ -259,6 +259,7 @@ impl Reader<'_> {
             stages,
             artifact,
             example: None,
+            training_data: None,
             gates: Vec::new(),
         })
     }

@@ -22,4 +22,6 @@ pub use project::{
 };
 pub mod dvc;
 
-pub use validate::{DVC_FILE, Error, KILN_FILE, check_graph, load, parse_kiln, upstream};
+pub use validate::{
+    DVC_FILE, Error, KILN_FILE, check_graph, load, parse_kiln, upstream, valid_name,
+};

@@ -56,6 +56,9 @@ pub struct Model {
     /// A CSV or JSON file of example inputs, relative to the project root: fed to the model
     /// after a green run to prove that it serves.
     pub example: Option<RelPath>,
+    /// The CSV file the model is trained on, relative to the project root: profiled with every
+    /// version the model registers.
+    pub training_data: Option<RelPath>,
     pub gates: Vec<Gate>,
 }
 

@@ -29,6 +29,9 @@ pub struct ModelSpec {
     /// A CSV or JSON file of example inputs, relative to `dir`, that Kiln feeds the model after
     /// a green run to prove that it serves.
     pub example: Option<Spanned<String>>,
+    /// The CSV file the model is trained on, relative to `dir`: profiled, per column, with
+    /// every version the model registers.
+    pub training_data: Option<Spanned<String>>,
     #[serde(default)]
     pub gates: Vec<Spanned<String>>,
 }

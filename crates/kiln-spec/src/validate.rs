@@ -293,28 +293,34 @@ pub fn parse_kiln(root: &Path, source: SourceFile) -> Result<Project, Vec<Diagno
     }
 }
 
-/// A model's example inputs exist, or some stage writes them (as for deps).
+/// A model's example inputs and training data exist, or some stage writes them (as for deps).
 fn check_examples(project: &Project, file: &KilnFile, source: &SourceFile) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
     for (name, spec) in &file.models {
-        let (Some(model), Some(written)) = (project.model(name), &spec.example) else {
+        let Some(model) = project.model(name) else {
             continue;
         };
-        let Some(example) = &model.example else {
-            continue;
-        };
-        let produced = project
-            .stages()
-            .any(|stage| stage.outs.iter().any(|out| example.is_within(out)));
-        if !produced && !example.to_path(&project.root).is_file() {
-            diagnostics.push(
-                Diagnostic::new(format!(
-                    "example `{example}` of model `{}` does not exist and no stage writes it",
-                    model.name
-                ))
-                .at(locate(source, written.span()))
-                .hint("the path is relative to the model's `dir`: create the file, or add it to the `outs` of the stage that writes it"),
-            );
+        let declared = [
+            ("example", &model.example, &spec.example),
+            ("training data", &model.training_data, &spec.training_data),
+        ];
+        for (what, path, written) in declared {
+            let (Some(path), Some(written)) = (path, written) else {
+                continue;
+            };
+            let produced = project
+                .stages()
+                .any(|stage| stage.outs.iter().any(|out| path.is_within(out)));
+            if !produced && !path.to_path(&project.root).is_file() {
+                diagnostics.push(
+                    Diagnostic::new(format!(
+                        "{what} `{path}` of model `{}` does not exist and no stage writes it",
+                        model.name
+                    ))
+                    .at(locate(source, written.span()))
+                    .hint("the path is relative to the model's `dir`: create the file, or add it to the `outs` of the stage that writes it"),
+                );
+            }
         }
     }
     diagnostics
@@ -326,7 +332,10 @@ struct ModelReader<'a> {
     diagnostics: &'a mut Vec<Diagnostic>,
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` can name a model (or a stage): letters, digits, `_`, `-` and `.`, not starting
+/// with `.` or `-`. Other crates check names from outside (an HTTP path, an imported tarball)
+/// with it, since a model name becomes a folder name under `.kiln/`.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
@@ -477,6 +486,21 @@ impl ModelReader<'_> {
             }
             Some(path)
         });
+        let training_data = spec.training_data.as_ref().and_then(|data| {
+            let path = self.path(&dir, data)?;
+            let is_csv = Path::new(path.as_str())
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+            if !is_csv {
+                self.error(
+                    format!("training data `{path}` is not a CSV file"),
+                    data.span(),
+                    Some("name the `.csv` file (with a header row) that the model is trained on"),
+                );
+                return None;
+            }
+            Some(path)
+        });
         let mut gates = Vec::new();
         for text in &spec.gates {
             match gate::parse(text) {
@@ -521,6 +545,7 @@ impl ModelReader<'_> {
             stages,
             artifact,
             example,
+            training_data,
             gates,
         })
     }
@@ -921,6 +946,66 @@ mod tests {
         let project = load(dir.path()).unwrap();
         let example = project.models[0].example.as_ref().unwrap();
         assert_eq!(example.as_str(), "models/m/out/rows.json");
+    }
+
+    #[test]
+    fn training_data_is_a_csv_file_relative_to_the_model_dir() {
+        let dir = project(&[
+            (
+                KILN_FILE,
+                b"models:\n  m:\n    dir: models/m\n    stages:\n      a: {cmd: echo, outs: [data]}\n    training_data: data/train.csv\n",
+            ),
+            ("models/m/.keep", b""),
+        ]);
+        let project = load(dir.path()).unwrap();
+        let data = project.models[0].training_data.as_ref().unwrap();
+        assert_eq!(data.as_str(), "models/m/data/train.csv");
+    }
+
+    #[test]
+    fn training_data_that_is_missing_or_not_csv_is_located() {
+        let text = "models:\n  m:\n    stages:\n      a: {cmd: echo, outs: [out]}\n    training_data: data/train.parquet\n";
+        let dir = project(&[(KILN_FILE, text.as_bytes()), ("data/train.parquet", b"")]);
+        let Error::Invalid { diagnostics, .. } = load(dir.path()).unwrap_err() else {
+            panic!("expected diagnostics")
+        };
+        assert_eq!(
+            diagnostics[0].message,
+            "training data `data/train.parquet` is not a CSV file"
+        );
+        let location = diagnostics[0].location.as_ref().unwrap();
+        assert_eq!(&text[location.range.clone()], "data/train.parquet");
+
+        let text = "models:\n  m:\n    stages:\n      a: {cmd: echo, outs: [out]}\n    training_data: data/train.csv\n";
+        let dir = project(&[(KILN_FILE, text.as_bytes())]);
+        let Error::Invalid { diagnostics, .. } = load(dir.path()).unwrap_err() else {
+            panic!("expected diagnostics")
+        };
+        assert_eq!(
+            diagnostics[0].message,
+            "training data `data/train.csv` of model `m` does not exist and no stage writes it"
+        );
+        let location = diagnostics[0].location.as_ref().unwrap();
+        assert_eq!(&text[location.range.clone()], "data/train.csv");
+    }
+
+    #[test]
+    fn did_you_mean_names_training_data() {
+        let dir = project(&[(
+            KILN_FILE,
+            b"models:\n  m:\n    stages:\n      a: {cmd: echo, outs: [out]}\n    trainig_data: out/x.csv\n",
+        )]);
+        let Error::Invalid { diagnostics, .. } = load(dir.path()).unwrap_err() else {
+            panic!("expected diagnostics")
+        };
+        assert!(
+            diagnostics[0]
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("did you mean `training_data`?")),
+            "{:?}",
+            diagnostics[0].hint
+        );
     }
 
     #[test]

@@ -80,7 +80,7 @@ fn parent_of(path: &Path) -> &Path {
 }
 
 /// A fresh temporary name in `path`'s folder, unique in this process and across processes.
-fn temporary_beside(path: &Path) -> PathBuf {
+pub(crate) fn temporary_beside(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());

@@ -6,34 +6,16 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use rayon::prelude::*;
 
-use crate::{Digest, atomic};
+use crate::blobs::{BlobInfo, BlobStore, parse_tree, verify};
+use crate::error::io_error;
+use crate::{Digest, Error, Tree, atomic};
 
-/// A store operation that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot {action} `{}`", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("`{}` changed while Kiln was storing it", path.display())]
-    ChangedWhileStoring { path: PathBuf },
-    #[error("object `{digest}` is missing from the store at `{}`", store.display())]
-    MissingObject { digest: Digest, store: PathBuf },
-}
-
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
-}
+/// The ref namespace that holds folder outs' file lists (`refs/trees/<digest>`).
+pub const TREES: &str = "trees";
 
 /// A content-addressed store rooted in one folder.
 ///
@@ -110,7 +92,14 @@ impl Store {
     /// Copies the file at `source`, whose content has `digest`, into the store.
     pub fn put_file(&self, source: &Path, digest: &Digest) -> Result<(), Error> {
         let target = self.object_path(digest);
+        // A device or a FIFO would be read forever, or block: only regular files are stored.
+        if !fs::metadata(source).is_ok_and(|m| m.is_file()) {
+            return Err(Error::NotAFile {
+                path: source.to_path_buf(),
+            });
+        }
         if self.holds_whole(&target, source) {
+            freshen(&target);
             return Ok(());
         }
         let temporary = self.temporary();
@@ -133,7 +122,9 @@ impl Store {
         let target = self.object_path(&digest);
         let whole =
             fs::metadata(&target).is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64);
-        if !whole {
+        if whole {
+            freshen(&target);
+        } else {
             let temporary = self.temporary();
             fs::write(&temporary, bytes).map_err(io_error("write", &temporary))?;
             self.commit(&temporary, &target)?;
@@ -141,19 +132,76 @@ impl Store {
         Ok(digest)
     }
 
+    /// A blob's content, checked against its digest.
     pub fn get_bytes(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
         let path = self.object_path(digest);
-        fs::read(&path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => Error::MissingObject {
-                digest: *digest,
-                store: self.root.clone(),
-            },
+        let bytes = fs::read(&path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => self.missing(digest),
             _ => Error::Io {
                 action: "read",
                 path,
                 source,
             },
-        })
+        })?;
+        verify(digest, Digest::of_bytes(&bytes), &self.location())?;
+        Ok(bytes)
+    }
+
+    fn missing(&self, digest: &Digest) -> Error {
+        Error::MissingObject {
+            digest: *digest,
+            location: self.location(),
+        }
+    }
+
+    /// The location of the store for messages.
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    /// Stores a folder's file list under `refs/trees/<digest>` and returns its digest. The
+    /// files it names must be stored first.
+    pub fn put_tree(&self, tree: &Tree) -> Result<Digest, Error> {
+        let digest = tree.digest();
+        let bytes = serde_json::to_vec(tree).expect("a tree serialises to JSON");
+        self.write_ref(TREES, &digest.to_hex(), &bytes)?;
+        Ok(digest)
+    }
+
+    /// A folder's file list, checked against its digest; `None` when none is stored.
+    pub fn get_tree(&self, digest: &Digest) -> Result<Option<Tree>, Error> {
+        match self.read_ref(TREES, &digest.to_hex())? {
+            Some(bytes) => parse_tree(digest, &bytes, &self.location()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The digests of every tree stored, with when each was written.
+    pub fn list_trees(&self) -> Result<Vec<(Digest, SystemTime)>, Error> {
+        let dir = self.root.join("refs").join(TREES);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(io_error("list", &dir)(source)),
+        };
+        let mut trees = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error("list", &dir))?;
+            let Some(digest) = entry.file_name().to_str().and_then(Digest::from_hex) else {
+                continue;
+            };
+            let modified = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_err(io_error("inspect", &entry.path()))?;
+            trees.push((digest, modified));
+        }
+        Ok(trees)
+    }
+
+    /// Removes a stored tree (not its files).
+    pub fn delete_tree(&self, digest: &Digest) -> Result<(), Error> {
+        remove_if_there(&self.ref_path(TREES, &digest.to_hex()))
     }
 
     /// Whether `target` is an object of the same size as `source`: an object that a power cut
@@ -171,11 +219,16 @@ impl Store {
             fs::create_dir_all(parent).map_err(io_error("create", parent))?;
         }
         fs::rename(temporary, target).map_err(io_error("move into place", target))?;
+        self.note_unsynced(target.to_path_buf());
+        Ok(())
+    }
+
+    /// Remembers an object renamed into place, to be flushed by the next [`Store::sync`].
+    pub(crate) fn note_unsynced(&self, object: PathBuf) {
         self.unsynced
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(target.to_path_buf());
-        Ok(())
+            .push(object);
     }
 
     /// Flushes to disk every object stored since the last call (their content, then their
@@ -216,10 +269,7 @@ impl Store {
     ) -> Result<(), Error> {
         let object = self.object_path(digest);
         if !object.is_file() {
-            return Err(Error::MissingObject {
-                digest: *digest,
-                store: self.root.clone(),
-            });
+            return Err(self.missing(digest));
         }
         let parent = destination.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(io_error("create", parent))?;
@@ -250,7 +300,6 @@ impl Store {
         self.root.join("refs").join(namespace).join(name)
     }
 
-    /// Writes a named record atomically.
     /// Writes a named record atomically and durably, after flushing the objects stored before
     /// it (see [`Store::sync`]), so that a ref never names an object a power cut could lose.
     pub fn write_ref(&self, namespace: &str, name: &str, bytes: &[u8]) -> Result<(), Error> {
@@ -259,6 +308,25 @@ impl Store {
         atomic::write_new(&temporary, bytes).map_err(io_error("write", &temporary))?;
         let target = self.ref_path(namespace, name);
         atomic::commit(&temporary, &target).map_err(io_error("move into place", &target))
+    }
+
+    /// The names of every record in `namespace`.
+    pub fn list_refs(&self, namespace: &str) -> Result<Vec<String>, Error> {
+        let dir = self.root.join("refs").join(namespace);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(io_error("list", &dir)(source)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error("list", &dir))?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Reads a named record; `None` when there is none.
@@ -273,6 +341,121 @@ impl Store {
                 source,
             }),
         }
+    }
+}
+
+impl BlobStore for Store {
+    fn location(&self) -> String {
+        Store::location(self)
+    }
+
+    fn has_blob(&self, digest: &Digest) -> Result<bool, Error> {
+        Ok(self.contains(digest))
+    }
+
+    fn put_file(&self, source: &Path, digest: &Digest) -> Result<(), Error> {
+        Store::put_file(self, source, digest)?;
+        self.sync()
+    }
+
+    fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, Error> {
+        let digest = Store::put_bytes(self, bytes)?;
+        self.sync()?;
+        Ok(digest)
+    }
+
+    fn get_bytes(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        Store::get_bytes(self, digest)
+    }
+
+    fn get_file(&self, digest: &Digest, destination: &Path) -> Result<(), Error> {
+        let object = self.object_path(digest);
+        if !object.is_file() {
+            return Err(self.missing(digest));
+        }
+        let temporary = atomic::temporary_beside(destination);
+        let parent = temporary.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+        let result = (|| {
+            fs::copy(&object, &temporary).map_err(io_error("copy", destination))?;
+            let actual = crate::hash_file(&temporary).map_err(io_error("hash", &temporary))?;
+            verify(digest, actual, &self.location())?;
+            fs::rename(&temporary, destination).map_err(io_error("move into place", destination))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temporary);
+        }
+        result
+    }
+
+    fn rehash(&self, digest: &Digest) -> Result<Digest, Error> {
+        let object = self.object_path(digest);
+        crate::hash_file(&object).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => self.missing(digest),
+            _ => io_error("hash", &object)(source),
+        })
+    }
+
+    fn list(&self) -> Result<Vec<BlobInfo>, Error> {
+        let objects = self.root.join("objects");
+        let mut blobs = Vec::new();
+        let folders = fs::read_dir(&objects).map_err(io_error("list", &objects))?;
+        for folder in folders {
+            let folder = folder.map_err(io_error("list", &objects))?;
+            let prefix = folder.file_name().to_string_lossy().into_owned();
+            if prefix.len() != 2 || !folder.path().is_dir() {
+                continue;
+            }
+            let path = folder.path();
+            for entry in fs::read_dir(&path).map_err(io_error("list", &path))? {
+                let entry = entry.map_err(io_error("list", &path))?;
+                let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+                let Some(digest) = Digest::from_hex(&name) else {
+                    continue;
+                };
+                let metadata = entry
+                    .metadata()
+                    .map_err(io_error("inspect", &entry.path()))?;
+                if !metadata.is_file() {
+                    continue;
+                }
+                blobs.push(BlobInfo {
+                    digest,
+                    size: metadata.len(),
+                    modified: metadata
+                        .modified()
+                        .map_err(io_error("inspect", &entry.path()))?,
+                });
+            }
+        }
+        Ok(blobs)
+    }
+
+    fn delete(&self, digest: &Digest) -> Result<(), Error> {
+        remove_if_there(&self.object_path(digest))
+    }
+
+    fn put_tree(&self, tree: &Tree) -> Result<Digest, Error> {
+        Store::put_tree(self, tree)
+    }
+
+    fn get_tree(&self, digest: &Digest) -> Result<Option<Tree>, Error> {
+        Store::get_tree(self, digest)
+    }
+}
+
+/// Marks an object as written now: a run that finds its content already stored makes it young
+/// again, so that `gc`'s grace period covers it until the run has recorded it.
+fn freshen(object: &Path) {
+    // `futimens` on a read-only descriptor: the owner may set times without write access.
+    let _ = fs::File::open(object).and_then(|file| file.set_modified(SystemTime::now()));
+}
+
+fn remove_if_there(path: &Path) -> Result<(), Error> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(io_error("remove", path)(source)),
     }
 }
 

@@ -19,6 +19,8 @@ pub enum CliError {
     Deploy(#[from] kiln_deploy::Error),
     #[error(transparent)]
     Serve(#[from] kiln_serve::Error),
+    #[error(transparent)]
+    Api(#[from] kiln_api::Error),
     /// A mistake in the command line (exit code 2).
     #[error("{0}")]
     Usage(String),
@@ -60,6 +62,7 @@ impl CliError {
             CliError::Registry(error) => error.hint(),
             CliError::Deploy(error) => error.hint(),
             CliError::Serve(error) => error.hint(),
+            CliError::Api(error) => error.hint(),
             CliError::Usage(_)
             | CliError::Reported(_)
             | CliError::Closed(_)
@@ -109,7 +112,8 @@ impl CliError {
 }
 
 /// A pipeline error caused by what the user asked for (a model or param that does not exist, a
-/// `--set` the params file cannot take), not by Kiln or the project's state.
+/// `--set` the params file cannot take, a file to import that is not a sound export), not by
+/// Kiln or the project's state.
 fn names_a_wrong_input(error: &kiln_pipeline::Error) -> bool {
     matches!(
         error,
@@ -117,7 +121,7 @@ fn names_a_wrong_input(error: &kiln_pipeline::Error) -> bool {
             | kiln_pipeline::Error::UndeclaredParam { .. }
             | kiln_pipeline::Error::UnknownModel { .. }
             | kiln_pipeline::Error::SetParam { .. }
-    )
+    ) || matches!(error, kiln_pipeline::Error::Transfer(error) if error.is_bad_input())
 }
 
 /// A registry error caused by a model, version or alias the user named that does not exist or

@@ -11,9 +11,12 @@ mod init_cmd;
 mod models_cmd;
 mod notify;
 mod printer;
+mod registry_cmd;
 mod report;
 mod serve_cmd;
+mod store_cmd;
 mod ui;
+mod version_data;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,9 +75,12 @@ enum Command {
     /// The model registry: versions with their lineage, aliases, and the history of alias moves.
     #[command(
         subcommand,
-        after_help = "Examples:\n  kiln models list\n  kiln models show iris@production --json\n  kiln models diff iris@v2 iris@v3\n  kiln models alias iris@v3 staging --reason \"beats v2 on the holdout\"\n  kiln models promote iris --from staging --to production\n  kiln models rollback iris production\n  kiln models history iris"
+        after_help = "Examples:\n  kiln models list\n  kiln models show iris@production --json\n  kiln models diff iris@v2 iris@v3\n  kiln models alias iris@v3 staging --reason \"beats v2 on the holdout\"\n  kiln models promote iris --from staging --to production\n  kiln models rollback iris production\n  kiln models history iris\n  kiln models export iris@production iris.tar\n  kiln -C ../other models import iris.tar"
     )]
     Models(models_cmd::ModelsCommand),
+    /// The model registry over HTTP: `kiln registry serve`.
+    #[command(subcommand)]
+    Registry(registry_cmd::RegistryCommand),
     /// Serve models over HTTP: Open Inference Protocol v2 and MLflow scoring, metrics, hot swap.
     #[command(
         after_help = "MODEL is a model of this project as registered (`iris` is `iris@latest`;
@@ -89,6 +95,12 @@ Examples:
   curl -s localhost:8080/v2/models/iris/infer -d '{\"inputs\": [...]}'"
     )]
     Serve(serve_cmd::ServeArgs),
+    /// The content-addressed store: check every blob (`fsck`), remove unreferenced ones (`gc`).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kiln store fsck\n  kiln store gc --dry-run"
+    )]
+    Store(store_cmd::StoreCommand),
     /// Write a commented `kiln.yaml` from the repository layout.
     #[command(
         after_help = "Recognises models/<name>/src/{train.py,predict.py,requirements.txt}, data/raw,\ndata/processed, scripts/ (preprocessing) and tests/ (pytest).\n\nExamples:\n  kiln init\n  kiln init --force"
@@ -131,6 +143,11 @@ fn main() -> ExitCode {
         Command::Logs(args) => commands::logs(&cli.project, args),
         Command::Metrics(command) => commands::metrics(&cli.project, command),
         Command::Models(command) => models_cmd::models(&cli.project, command),
+        Command::Registry(command) => {
+            init_server_logs();
+            registry_cmd::registry(&cli.project, command)
+        }
+        Command::Store(command) => store_cmd::store(&cli.project, command),
         Command::Serve(args) => {
             init_server_logs();
             serve_cmd::serve(&cli.project, args)

@@ -3,11 +3,11 @@
 //! so a server following the alias swaps versions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use kiln_pipeline::Workspace;
+use kiln_pipeline::{AliasChange, Workspace};
 use kiln_registry::{
     AliasCommand, AliasMove, ModelRef, ModelVersion, MoveBy, Registry, Selector, Version,
 };
@@ -27,7 +27,8 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show a version: lineage, metrics, aliases (`iris` is `iris@latest`).
+    /// Show a version: lineage, metrics, aliases, signature, example and training-data profile
+    /// (`iris` is `iris@latest`).
     Show {
         /// `MODEL`, `MODEL@vN` or `MODEL@ALIAS`.
         #[arg(value_name = "MODEL[@VERSION|@ALIAS]")]
@@ -35,7 +36,8 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Compare two versions: metrics with deltas, params, dep digests, commits.
+    /// Compare two versions: metrics with deltas, params, dep digests, commits, and per-column
+    /// changes of their training data.
     Diff {
         #[arg(value_name = "MODEL@A")]
         a: String,
@@ -78,6 +80,26 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a version, its lineage and its artifact to a tar file, for `kiln models import`.
+    Export {
+        /// `MODEL`, `MODEL@vN` or `MODEL@ALIAS`.
+        #[arg(value_name = "MODEL[@VERSION|@ALIAS]")]
+        reference: String,
+        /// The tar file to write (replaced if it exists).
+        #[arg(value_name = "FILE.tar")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a version exported by `kiln models export` (elsewhere), after checking all of it.
+    Import {
+        /// A file written by `kiln models export`; one that is not whole and sound is refused
+        /// (exit code 2) and leaves nothing behind.
+        #[arg(value_name = "FILE.tar")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Every alias move of a model: when, which alias, from and to which version, by what, why.
     History {
         model: String,
@@ -100,6 +122,12 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
         ModelsCommand::History { model, alias, json } => {
             history(registry, &model, alias.as_deref(), json)?
         }
+        ModelsCommand::Export {
+            reference,
+            file,
+            json,
+        } => export(&root, &workspace, &reference, &file, json)?,
+        ModelsCommand::Import { file, json } => import(&root, &mut workspace, &file, json)?,
         ModelsCommand::Alias {
             reference,
             alias,
@@ -108,17 +136,19 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
         } => {
             let reference = parse(&reference)?;
             let version = registry.resolve(&reference)?;
-            let by = moved_by(AliasCommand::Alias, reason.as_deref());
-            let from = registry.move_alias(&reference.model, &alias, version, by)?;
-            let shown = Move {
-                model: &reference.model,
-                alias: &alias,
-                from,
-                to: version,
-                reason: reason.as_deref(),
-                event: Event::Promoted,
+            let change = AliasChange::To {
+                version,
+                by: moved_by(AliasCommand::Alias, reason.as_deref()),
             };
-            moved(&root, &workspace, &shown, json)?;
+            let moved = (reference.model.as_str(), alias.as_str(), Event::Promoted);
+            move_alias(
+                &root,
+                &mut workspace,
+                moved,
+                change,
+                reason.as_deref(),
+                json,
+            )?;
         }
         ModelsCommand::Promote {
             model,
@@ -132,17 +162,19 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
                 selector: Selector::Alias(from),
             };
             let version = registry.resolve(&source)?;
-            let by = moved_by(AliasCommand::Promote, reason.as_deref());
-            let before = registry.move_alias(&model, &to, version, by)?;
-            let shown = Move {
-                model: &model,
-                alias: &to,
-                from: before,
-                to: version,
-                reason: reason.as_deref(),
-                event: Event::Promoted,
+            let change = AliasChange::To {
+                version,
+                by: moved_by(AliasCommand::Promote, reason.as_deref()),
             };
-            moved(&root, &workspace, &shown, json)?;
+            let moved = (model.as_str(), to.as_str(), Event::Promoted);
+            move_alias(
+                &root,
+                &mut workspace,
+                moved,
+                change,
+                reason.as_deref(),
+                json,
+            )?;
         }
         ModelsCommand::Rollback {
             model,
@@ -150,16 +182,18 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
             reason,
             json,
         } => {
-            let (from, to) = registry.rollback_alias(&model, &alias, reason.as_deref())?;
-            let shown = Move {
-                model: &model,
-                alias: &alias,
-                from: Some(from),
-                to,
+            let change = AliasChange::Rollback {
                 reason: reason.as_deref(),
-                event: Event::RolledBack,
             };
-            moved(&root, &workspace, &shown, json)?;
+            let moved = (model.as_str(), alias.as_str(), Event::RolledBack);
+            move_alias(
+                &root,
+                &mut workspace,
+                moved,
+                change,
+                reason.as_deref(),
+                json,
+            )?;
         }
     }
     Ok(exit::code(exit::SUCCESS))
@@ -189,66 +223,121 @@ fn when(ms: i64) -> String {
         .unwrap_or_else(|_| "-".to_string())
 }
 
-/// What an alias move did, as `--json` prints it.
-#[derive(Debug, Serialize)]
-struct Moved<'a> {
-    model: &'a str,
-    alias: &'a str,
-    from_version: Option<Version>,
-    to_version: Version,
-}
-
-/// An alias move a command made.
-struct Move<'a> {
-    model: &'a str,
-    alias: &'a str,
-    from: Option<Version>,
-    to: Version,
-    reason: Option<&'a str>,
-    /// What it is for notifications.
-    event: Event,
-}
-
-/// Reports an alias move, moves its serving link and notifies; a link that cannot be moved
-/// (no project here, a model without artifact) is a warning: the move itself is recorded.
-fn moved(root: &Path, workspace: &Workspace, shown: &Move<'_>, json: bool) -> Result<()> {
-    let &Move {
+/// Moves an alias (`(model, alias, what it is for notifications)`) and its serving link,
+/// reports the move and notifies; a link that cannot be moved (no project here, a model without
+/// artifact) is a warning: the move itself is recorded.
+fn move_alias(
+    root: &Path,
+    workspace: &mut Workspace,
+    (model, alias, event): (&str, &str, Event),
+    change: AliasChange<'_>,
+    reason: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let project = load(root).map_err(|error| error.to_string());
+    let moved = kiln_pipeline::move_alias(
+        workspace,
+        project.as_ref().map_err(Clone::clone),
         model,
         alias,
-        from,
-        to,
-        ..
-    } = shown;
+        change,
+    )?;
     if json {
-        let shown = Moved {
+        outln!("{}", serde_json::to_string_pretty(&moved)?);
+    }
+    errln!(
+        "`{model}@{alias}`: {} -> v{}",
+        named(moved.from_version),
+        moved.to_version
+    );
+    if let Some(warning) = &moved.serving_warning {
+        errln!("warning: could not publish `{model}@{alias}` for serving: {warning}");
+    }
+    if let Ok(project) = &project {
+        let notifier = notify::start(project);
+        notifier.send(&notify::alias_message(
+            event,
             model,
             alias,
-            from_version: from,
-            to_version: to,
-        };
-        outln!("{}", serde_json::to_string_pretty(&shown)?);
+            moved.from_version,
+            moved.to_version,
+            reason,
+        ));
+        notify::finish(notifier);
     }
-    errln!("`{model}@{alias}`: {} -> v{to}", named(from));
-    let project = match load(root) {
-        Ok(project) => project,
-        Err(error) => {
-            errln!("warning: could not publish `{model}@{alias}` for serving: {error}");
-            return Ok(());
-        }
-    };
-    if let Err(error) = kiln_pipeline::publish_alias(workspace, &project, model, alias) {
-        errln!("warning: could not publish `{model}@{alias}` for serving: {error}");
+    Ok(())
+}
+
+fn export(
+    root: &Path,
+    workspace: &Workspace,
+    reference: &str,
+    file: &Path,
+    json: bool,
+) -> Result<()> {
+    let reference = parse(reference)?;
+    let project = load(root)?;
+    let exported = kiln_pipeline::transfer::export_version(workspace, &project, &reference, file)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&exported)?);
     }
-    let notifier = notify::start(&project);
-    notifier.send(&notify::alias_message(
-        shown.event,
-        model,
-        alias,
-        from,
-        to,
-        shown.reason,
-    ));
-    notify::finish(notifier);
+    errln!(
+        "exported `{}` v{} to `{}` ({} blob{}, {} bytes)",
+        exported.model,
+        exported.version,
+        file.display(),
+        exported.blobs,
+        if exported.blobs == 1 { "" } else { "s" },
+        exported.bytes
+    );
+    Ok(())
+}
+
+/// Imports an export; when this is a project that declares the model, `latest` is laid out for
+/// serving as a run would lay it out.
+fn import(root: &Path, workspace: &mut Workspace, file: &Path, json: bool) -> Result<()> {
+    let imported = kiln_pipeline::transfer::import_version(workspace, file)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&imported)?);
+    }
+    let origin = &imported.origin;
+    if imported.new {
+        errln!(
+            "imported `{}@v{}` from `{}` as `{}` v{} (now `latest`)",
+            origin.model,
+            origin.version,
+            file.display(),
+            imported.model,
+            imported.version
+        );
+    } else {
+        errln!(
+            "`{}` v{} already holds `{}@v{}` from `{}`: nothing to import",
+            imported.model,
+            imported.version,
+            origin.model,
+            origin.version,
+            file.display()
+        );
+    }
+    let declared = kiln_spec::load(root).ok().filter(|project| {
+        project
+            .model(&imported.model)
+            .is_some_and(|m| m.artifact.is_some())
+    });
+    if let Some(project) = declared
+        && let Err(error) = kiln_pipeline::publish_alias(
+            workspace,
+            &project,
+            &imported.model,
+            kiln_registry::LATEST,
+        )
+    {
+        errln!(
+            "warning: could not publish `{}@latest` for serving: {error}",
+            imported.model
+        );
+    }
     Ok(())
 }
 
@@ -356,6 +445,11 @@ fn show(registry: &Registry, text: &str, json: bool) -> Result<()> {
             outln!("  {package}");
         }
     }
+    crate::version_data::show(
+        lineage.signature.as_ref(),
+        lineage.example.as_ref(),
+        lineage.profile.as_ref(),
+    )?;
     Ok(())
 }
 
@@ -397,6 +491,8 @@ struct VersionDiff<'a> {
     params: Vec<ValueChange<serde_json::Value>>,
     /// Only the deps whose digest differs.
     deps: Vec<ValueChange<Option<String>>>,
+    /// Per column of the training data, when both versions have a profile.
+    profile: Option<crate::version_data::ProfileDiff>,
 }
 
 fn side(version: &ModelVersion) -> DiffSide<'_> {
@@ -462,6 +558,10 @@ fn diff(registry: &Registry, a: &str, b: &str, json: bool) -> Result<()> {
         params: changes(&params_of(&first), &params_of(&second)),
         deps: changes(&first.lineage.deps, &second.lineage.deps),
         metrics,
+        profile: crate::version_data::profile_diff(
+            first.lineage.profile.as_ref(),
+            second.lineage.profile.as_ref(),
+        ),
     };
     if json {
         outln!("{}", serde_json::to_string_pretty(&shown)?);
@@ -526,6 +626,7 @@ fn diff(registry: &Registry, a: &str, b: &str, json: bool) -> Result<()> {
             digest(&change.b)
         );
     }
+    crate::version_data::print_profile_diff(shown.profile.as_ref())?;
     Ok(())
 }
 

@@ -19,9 +19,37 @@ fn probe_a_good_onnx_model_with_and_without_an_example() {
     let response = probe.response.unwrap();
     assert_eq!(response["predictions"][0]["output_label"], 0, "{response}");
     assert_eq!(response["predictions"][1]["output_label"], 2, "{response}");
+    // What the probe learnt: the signature from the ONNX graph, and the body it sent.
+    let signature = &probe.signature;
+    assert_eq!(signature["platform"], "onnxruntime_onnx", "{signature}");
+    assert_eq!(signature["inputs"][0]["datatype"], "FP32", "{signature}");
+    assert_eq!(
+        signature["inputs"][0]["shape"],
+        json!([-1, 4]),
+        "{signature}"
+    );
+    assert!(
+        signature["outputs"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|o| o["name"] == "output_label")),
+        "{signature}"
+    );
+    assert_eq!(
+        probe.example,
+        Some(
+            json!({"dataframe_split": {"columns": COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2], [7.7, 3.0, 6.1, 2.3]]}})
+        )
+    );
     let probe = kiln_serve::probe(cfg, "lr", None).unwrap();
     assert_eq!(probe.rows, 1, "a row is generated from the signature");
     assert!(probe.response.is_some());
+    let example = probe.example.unwrap();
+    assert_eq!(example["inputs"][0]["shape"], json!([1, 4]), "{example}");
+    assert_eq!(
+        example["inputs"][0]["data"],
+        json!([0.0, 0.0, 0.0, 0.0]),
+        "{example}"
+    );
 }
 
 #[test]
@@ -36,6 +64,11 @@ fn probe_a_good_predict_py_and_an_mlflow_model() {
     let cfg = config(&[("iris", table_fixtures().join("mlflow_lr"))]);
     let example = json!({"dataframe_records": [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2, "target": 0}]});
     let probe = kiln_serve::probe(cfg, "iris", Some(&example)).unwrap();
+    assert_eq!(
+        probe.signature["platform"], "mlflow_pyfunc",
+        "{}",
+        probe.signature
+    );
     assert_eq!(probe.response.unwrap()["predictions"], json!([0]));
 }
 

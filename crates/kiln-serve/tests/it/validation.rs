@@ -215,14 +215,16 @@ fn bad_inputs_get_precise_4xx_errors() {
     );
     assert_error(s, &b, 400, "bad_json", &["not valid JSON"]);
     // Unsupported media types.
-    let (s, b) = server.post_raw(invocations, Some("text/csv"), b"1,2,3,4\n".to_vec());
+    let (s, b) = server.post_raw(invocations, Some("text/plain"), b"1,2,3,4\n".to_vec());
     assert_error(
         s,
         &b,
         415,
         "unsupported_media_type",
-        &["application/json", "text/csv"],
+        &["application/json", "text/csv", "`text/plain`"],
     );
+    let (s, b) = server.post_raw(infer, Some("text/csv"), b"1,2,3,4\n".to_vec());
+    assert_error(s, &b, 415, "unsupported_media_type", &["application/json"]);
     let (s, b) = server.post_raw(invocations, None, b"{}".to_vec());
     assert_error(s, &b, 415, "unsupported_media_type", &["no `Content-Type`"]);
     // Unknown models and versions.

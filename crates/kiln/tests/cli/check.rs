@@ -222,3 +222,12 @@ fn an_example_that_is_missing_or_not_csv_or_json() {
     std::fs::create_dir_all(project.path("models/m")).unwrap();
     insta::assert_snapshot!(check_fails(&project));
 }
+
+#[test]
+fn training_data_that_is_missing_or_not_csv() {
+    let project = TestProject::new(
+        "models:\n  m:\n    dir: models/m\n    stages:\n      a: {cmd: echo, outs: [data]}\n    training_data: raw/train.csv\n  n:\n    stages:\n      b: {cmd: echo}\n    training_data: train.parquet\n",
+    );
+    std::fs::create_dir_all(project.path("models/m")).unwrap();
+    insta::assert_snapshot!(check_fails(&project));
+}

@@ -62,7 +62,8 @@ pub fn kiln_command(dir: &Path) -> Command {
         .env("NO_COLOR", "1")
         .env("KILN_CACHE_DIR", shared_cache_dir())
         .env_remove("KILN_PARAMS")
-        .env_remove("KILN_DATABASE_URL");
+        .env_remove("KILN_DATABASE_URL")
+        .env_remove("KILN_STORE_URL");
     if let Some(python) = std::env::var_os("KILN_TEST_PYTHON").filter(|p| !p.is_empty()) {
         command.env("KILN_PYTHON", python);
     }

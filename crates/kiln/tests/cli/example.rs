@@ -87,6 +87,34 @@ fn the_iris_example_trains_checks_and_gates() {
             .contains_key("models/iris/src/train.py"),
         "{shown}"
     );
+    // The version carries the ONNX graph's signature, the example it answered and the profile
+    // of the training data the example declares.
+    let lineage = &shown["lineage"];
+    assert_eq!(
+        lineage["signature"]["platform"],
+        json!("onnxruntime_onnx"),
+        "{shown}"
+    );
+    assert!(
+        lineage["signature"]["inputs"][0]["shape"].is_array(),
+        "{shown}"
+    );
+    assert!(lineage["example"].is_object(), "{shown}");
+    let profile = &lineage["profile"];
+    assert_eq!(
+        profile["source"]["path"],
+        json!("models/iris/data/processed/train.csv"),
+        "{shown}"
+    );
+    assert_eq!(profile["source"]["declared"], json!(true));
+    assert_eq!(profile["rows"], json!(120), "{shown}");
+    let columns: Vec<(&str, &str)> = profile["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["dtype"].as_str().unwrap()))
+        .collect();
+    assert_eq!(columns.last(), Some(&("species", "string")), "{shown}");
 
     // `kiln serve iris` serves the model of the latest green run, taken from the store: a
     // broken model in the workspace does not matter.

@@ -12,7 +12,7 @@ use crate::serve::{free_port, post, spawn_serve, terminate, test_python, wait_li
 
 /// A model whose artifact is the folder `model` (its `predict.py` and `score.json`), whose
 /// accuracy is what `score.json` says, gated against the version in `production`.
-pub(crate) fn project() -> TestProject {
+pub fn project() -> TestProject {
     let project = TestProject::new(
         "models:\n  m:\n    stages:\n      package: {cmd: 'mkdir -p model && cp predict.py score.json model/ && cp score.json metrics.json', deps: [predict.py, score.json], outs: [model], metrics: [metrics.json]}\n    artifact: model\n    example: example.csv\n    gates: [\"accuracy >= production.accuracy - 0.01\"]\n",
     );
@@ -22,7 +22,7 @@ pub(crate) fn project() -> TestProject {
 }
 
 /// A `predict.py` answering `a + b + offset`.
-fn adder(offset: i64) -> String {
+pub fn adder(offset: i64) -> String {
     format!(
         "SIGNATURE = {{\n    \"inputs\": [{{\"name\": \"a\", \"datatype\": \"FP64\", \"shape\": [-1]}},\n               {{\"name\": \"b\", \"datatype\": \"FP64\", \"shape\": [-1]}}],\n    \"outputs\": [{{\"name\": \"sum\", \"datatype\": \"FP64\", \"shape\": [-1]}}],\n}}\n\ndef predict(inputs):\n    return {{\"sum\": inputs[\"a\"] + inputs[\"b\"] + {offset}}}\n"
     )
@@ -37,12 +37,12 @@ fn run_with_accuracy(project: &TestProject, accuracy: f64) -> Output {
         .unwrap()
 }
 
-fn green(project: &TestProject, accuracy: f64) {
+pub fn green(project: &TestProject, accuracy: f64) {
     let output = run_with_accuracy(project, accuracy);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 }
 
-fn json_of(project: &TestProject, args: &[&str]) -> Value {
+pub fn json_of(project: &TestProject, args: &[&str]) -> Value {
     let output = project.kiln(args);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     serde_json::from_str(&stdout(&output)).unwrap()

@@ -14,7 +14,7 @@ use crate::common::{TestProject, stderr};
 use crate::models::project;
 use crate::serve::{free_port, test_python};
 
-const SECRET: &str = "hook-secret-value";
+pub(crate) const SECRET: &str = "hook-secret-value";
 
 /// Records each POST as a JSON line: its path, event header, body, and whether the signature
 /// header is the HMAC-SHA256 of the body under the secret.
@@ -45,7 +45,7 @@ server.serve_forever()
 "#;
 
 /// A child process killed (by its PID) when the test ends, however it ends.
-struct Server(Child);
+pub(crate) struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -54,7 +54,7 @@ impl Drop for Server {
     }
 }
 
-fn start_receiver(dir: &Path) -> (Server, u16) {
+pub(crate) fn start_receiver(dir: &Path) -> (Server, u16) {
     std::fs::write(dir.join("receiver.py"), RECEIVER).unwrap();
     let mut child = Command::new(test_python())
         .arg(dir.join("receiver.py"))
