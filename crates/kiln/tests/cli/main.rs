@@ -6,6 +6,7 @@ mod example;
 mod formats;
 mod init;
 mod models;
+mod reliability;
 mod run;
 mod runs;
 mod servable;
