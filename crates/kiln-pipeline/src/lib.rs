@@ -26,7 +26,7 @@ use kiln_spec::RelPath;
 
 pub use artifact::{
     Artifact, PublishedVersion, latest_artifact, publish, publish_alias, publish_version,
-    version_artifact,
+    republish_stale_aliases, version_artifact,
 };
 pub use kiln_registry::{ModelRef, Selector, Version};
 pub use params::{Override, ParamWrite};
