@@ -111,10 +111,11 @@ impl Rng {
     }
 }
 
-/// When to kill: the delay homes in on the moment the command commits (each kill that landed
-/// after the commit moves it earlier, each one before moves it later), so that most kills fall
-/// around the commit, which is the window that matters; one kill in four is anywhere in the
-/// command's life instead.
+/// When to kill: the delay homes in on the moment the command commits, so that most kills fall
+/// around it, which is the window that matters. A kill before the commit moves it later, a
+/// command that finished first moves it earlier, and a kill between the commit and the end
+/// (the narrowest window: the serving link moves there) keeps it. One kill in four is anywhere
+/// in the command's life instead.
 struct KillClock {
     delay_ms: f64,
     step_ms: f64,
@@ -138,14 +139,23 @@ impl KillClock {
         Duration::from_secs_f64(ms / 1000.0)
     }
 
-    fn landed(&mut self, committed: bool) {
-        let step = if committed {
-            -self.step_ms
-        } else {
-            self.step_ms
+    fn landed(&mut self, landed: Landed) {
+        let step = match landed {
+            Landed::BeforeCommit => self.step_ms,
+            Landed::AfterCommit => 0.0,
+            Landed::Finished => -self.step_ms,
         };
         self.delay_ms = (self.delay_ms + step).max(1.0);
     }
+}
+
+/// Where a kill landed.
+#[derive(Debug, Clone, Copy)]
+enum Landed {
+    BeforeCommit,
+    AfterCommit,
+    /// The command ended before the kill.
+    Finished,
 }
 
 /// How the killed commands ended.
@@ -192,6 +202,7 @@ fn seed() -> u64 {
 
 /// How long the crash loop runs (the checks after it take a few seconds more).
 const CRASH_LOOP: Duration = Duration::from_secs(40);
+const CRASH_LOOP_MAX: Duration = Duration::from_secs(120);
 
 #[test]
 fn kill_9_during_registrations_and_alias_moves_leaves_the_registry_consistent() {
@@ -227,7 +238,11 @@ fn kill_9_during_registrations_and_alias_moves_leaves_the_registry_consistent() 
     let mut n = 1;
     let mut left_behind = 0;
     let loop_started = Instant::now();
-    while loop_started.elapsed() < CRASH_LOOP {
+    // Past `CRASH_LOOP`, it goes on (up to `CRASH_LOOP_MAX`) only until a kill has landed
+    // between a registration and the end of its run.
+    while loop_started.elapsed() < CRASH_LOOP
+        || (loop_started.elapsed() < CRASH_LOOP_MAX && run_tally.killed_after_commit == 0)
+    {
         let versions = latest_version(&project);
         if rng.below(3) > 0 {
             n += 1;
@@ -237,8 +252,7 @@ fn kill_9_during_registrations_and_alias_moves_leaves_the_registry_consistent() 
                 left_behind += 1;
             }
             let committed = latest_version(&project) > versions;
-            runs.landed(committed);
-            tally(&mut run_tally, finished, committed, seed, &[0]);
+            runs.landed(tally(&mut run_tally, finished, committed, seed, &[0]));
         } else {
             let version = format!("m@v{}", 1 + rng.below(versions as u64));
             let command: Vec<&str> = match rng.below(4) {
@@ -261,9 +275,8 @@ fn kill_9_during_registrations_and_alias_moves_leaves_the_registry_consistent() 
                 left_behind += 1;
             }
             let committed = alias_moves(&project) > before;
-            moves.landed(committed);
             // A promote from an unset alias or a rollback with nothing to undo exits 2.
-            tally(&mut move_tally, finished, committed, seed, &[0, 2]);
+            moves.landed(tally(&mut move_tally, finished, committed, seed, &[0, 2]));
         }
     }
     eprintln!(
@@ -310,7 +323,13 @@ fn kill_9_during_registrations_and_alias_moves_leaves_the_registry_consistent() 
     );
 }
 
-fn tally(tally: &mut Tally, finished: Option<i32>, committed: bool, seed: u64, ok: &[i32]) {
+fn tally(
+    tally: &mut Tally,
+    finished: Option<i32>,
+    committed: bool,
+    seed: u64,
+    ok: &[i32],
+) -> Landed {
     match finished {
         Some(code) => {
             assert!(
@@ -318,9 +337,16 @@ fn tally(tally: &mut Tally, finished: Option<i32>, committed: bool, seed: u64, o
                 "a command that was not killed exited {code} (seed {seed})"
             );
             tally.finished += 1;
+            Landed::Finished
         }
-        None if committed => tally.killed_after_commit += 1,
-        None => tally.killed_before_commit += 1,
+        None if committed => {
+            tally.killed_after_commit += 1;
+            Landed::AfterCommit
+        }
+        None => {
+            tally.killed_before_commit += 1;
+            Landed::BeforeCommit
+        }
     }
 }
 
