@@ -199,7 +199,7 @@ def report(res):
             f"| the rest with a 1 kB artifact instead (load avg {meta['load_register_small']}) | {ms(small['rest'])} | – |",
             f"| **the part that grows with the size** (the difference) | **{ms(per_size)}** | **{mb / per_size:.0f}** |",
             f"| reference: `cp` of the same file (page cache warm) | {ms(cp)} ({ms(cp_lo)} – {ms(cp_hi)}) | {mb / cp:.0f} |",
-            f"| reference: `cp` + `sync` of the copy (load avg {meta['load_cp']}) | {ms(cps)} ({ms(cps_lo)} – {ms(cps_hi)}) | {mb / cps:.0f} |",
+            f"| reference: `cp` + `sync` of the copy (load avg {meta['load_cp-fsync']}) | {ms(cps)} ({ms(cps_lo)} – {ms(cps_hi)}) | {mb / cps:.0f} |",
             "", f"Kiln's work that grows with the artifact: {per_size / cp:.1f}x the time of a plain `cp`, "
             f"{per_size / cps:.1f}x `cp` + `sync`; all of its work on a run (the rest): "
             f"{med['rest'] / cps:.1f}x `cp` + `sync`.", ""]

@@ -113,7 +113,6 @@ meta load_register_small "$(loadavg)"
 python3 "$HERE/helper.py" register "$KILN" "$WORK/small" "$RUNS" "$RES/register-small.json"
 ARTIFACT="$WORK/big/model/weights.bin"
 hf cp -n "cp ($ARTIFACT_MB MB)" --prepare "rm -f $WORK/copy.bin" "cp $ARTIFACT $WORK/copy.bin"
-meta load_cp "$(loadavg)"
 hf cp-fsync -n "cp + sync ($ARTIFACT_MB MB)" --prepare "rm -f $WORK/copy.bin" "sh -c 'cp $ARTIFACT $WORK/copy.bin && sync $WORK/copy.bin'"
 rm -rf "$WORK/big" "$WORK/small" "$WORK/copy.bin"
 
