@@ -308,9 +308,7 @@ pub fn publish_version(
 ) -> Result<PublishedVersion, Error> {
     let (version, artifact) = version_artifact(workspace, project, reference)?;
     version_folder(workspace, &reference.model, version, &artifact)?;
-    let target = PathBuf::from("../versions")
-        .join(&reference.model)
-        .join(version.to_string());
+    let target = version_target(&reference.model, version);
     let link = link_for_serving(workspace, &reference.to_string(), &target)?;
     Ok(PublishedVersion {
         version,
@@ -332,6 +330,38 @@ pub fn publish_alias(
         selector: Selector::Alias(alias.to_string()),
     };
     publish_version(workspace, project, &reference)
+}
+
+/// What a serving link (in `.kiln/serving/`) of a version names: `../versions/<model>/<N>`.
+fn version_target(model: &str, version: Version) -> PathBuf {
+    PathBuf::from("../versions")
+        .join(model)
+        .join(version.to_string())
+}
+
+/// Re-points each serving link of `model`'s aliases (`.kiln/serving/<model>@<alias>`) that
+/// names another version than the registry does, and returns those aliases with the version
+/// they name now. An alias moves in the registry first and its link after: a crash between the
+/// two leaves the link behind, and a server following it would keep serving the old version
+/// until the alias moved again. The next command puts it right. A link that does not exist is
+/// left alone: `kiln serve` publishes the one it serves.
+pub fn republish_stale_aliases(
+    workspace: &Workspace,
+    project: &Project,
+    model: &str,
+) -> Result<Vec<(String, Version)>, Error> {
+    let serving = workspace.state_dir.join("serving");
+    let mut republished = Vec::new();
+    for (alias, version) in workspace.registry.aliases(model)? {
+        let Ok(target) = std::fs::read_link(serving.join(format!("{model}@{alias}"))) else {
+            continue;
+        };
+        if target != version_target(model, version) {
+            let published = publish_alias(workspace, project, model, &alias)?;
+            republished.push((alias, published.version));
+        }
+    }
+    Ok(republished)
 }
 
 /// The artifact's file or folder name.

@@ -31,7 +31,7 @@ use kiln_spec::RelPath;
 pub use aliases::{AliasChange, AliasMoved, move_alias};
 pub use artifact::{
     Artifact, PublishedVersion, latest_artifact, publish, publish_alias, publish_version,
-    version_artifact, version_out,
+    republish_stale_aliases, version_artifact, version_out,
 };
 pub use kiln_registry::{ModelRef, Selector, Version};
 pub use params::{Override, ParamWrite};

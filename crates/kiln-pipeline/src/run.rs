@@ -806,6 +806,16 @@ fn publish(
         let Some(model) = project.model(&report.model) else {
             continue;
         };
+        if model.artifact.is_some()
+            && let Err(error) =
+                crate::artifact::republish_stale_aliases(workspace, project, &report.model)
+        {
+            report.warnings.push(format!(
+                "could not bring the serving links of `{}` up to date: {}",
+                report.model,
+                error_chain(&error)
+            ));
+        }
         if report.status != Status::Succeeded || model.artifact.is_none() {
             continue;
         }

@@ -114,6 +114,7 @@ pub enum ModelsCommand {
 pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
     let root = std::path::absolute(root)?;
     let mut workspace = Workspace::open(&root)?;
+    repair_serving_links(&root, &workspace);
     let registry = &mut workspace.registry;
     match command {
         ModelsCommand::List { json } => list(registry, json)?,
@@ -197,6 +198,32 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
         }
     }
     Ok(exit::code(exit::SUCCESS))
+}
+
+/// Serving links an interrupted alias move left behind are re-pointed at the registry's version
+/// (`kiln_pipeline::republish_stale_aliases`), so that the next command recovers from a crash.
+/// Without a valid project here there is nothing to publish (a command that needs the project
+/// says what is wrong with it).
+fn repair_serving_links(root: &Path, workspace: &Workspace) {
+    let Ok(project) = kiln_spec::load(root) else {
+        return;
+    };
+    for model in project.models.iter().filter(|m| m.artifact.is_some()) {
+        match kiln_pipeline::republish_stale_aliases(workspace, &project, &model.name) {
+            Ok(republished) => {
+                for (alias, version) in republished {
+                    errln!(
+                        "`{}@{alias}` was served from an older version (a move was interrupted): it serves v{version} now",
+                        model.name
+                    );
+                }
+            }
+            Err(error) => errln!(
+                "warning: could not bring the serving links of `{}` up to date: {error}",
+                model.name
+            ),
+        }
+    }
 }
 
 fn parse(text: &str) -> Result<ModelRef> {

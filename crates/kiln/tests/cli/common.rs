@@ -56,7 +56,12 @@ impl TestProject {
 /// The Kiln binary with a stable environment: no colour, a shared cache of Python envs, and the
 /// test python (with numpy and scikit-learn) for models that declare no environment.
 pub fn kiln_command(dir: &Path) -> Command {
-    let mut command = Command::cargo_bin("kiln").expect("kiln binary");
+    Command::from_std(kiln_process(dir))
+}
+
+/// [`kiln_command`] as a `std::process::Command`, for a process the test starts and stops itself.
+pub fn kiln_process(dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("kiln"));
     command
         .current_dir(dir)
         .env("NO_COLOR", "1")

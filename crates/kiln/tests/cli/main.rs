@@ -10,6 +10,7 @@ mod lineage;
 mod models;
 mod notify;
 mod registry;
+mod reliability;
 mod run;
 mod runs;
 mod servable;
