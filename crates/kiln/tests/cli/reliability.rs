@@ -776,3 +776,32 @@ fn a_serving_link_left_behind_by_an_interrupted_alias_move_is_repaired_by_the_ne
     run_green(&project, 20);
     assert_eq!(stale_serving_links(&project), Vec::<String>::new());
 }
+
+#[test]
+fn commands_opening_a_new_registry_at_once_all_succeed() {
+    // Four commands started together in a project with no `.kiln/` yet, ten times over: each
+    // creates or opens the registry, and none may fail on the schema another is creating.
+    for _ in 0..10 {
+        let project = registry_project("");
+        let commands: Vec<Child> = (0..4)
+            .map(|_| {
+                kiln_process(project.root())
+                    .args(["models", "list"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for command in commands {
+            let output = command.wait_with_output().unwrap();
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
