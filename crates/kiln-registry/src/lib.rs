@@ -33,7 +33,7 @@ pub use location::{DATABASE_URL_ENV, Location};
 pub use migrations::SCHEMA_VERSION;
 pub use models::{
     AliasCommand, AliasMove, LATEST, Lineage, ModelRef, ModelSummary, ModelVersion, MoveBy, Origin,
-    Registered, Selector, ServableSummary, Version, lineage_key, validate_alias,
+    Registered, Selector, ServableSummary, Version, VersionSummary, lineage_key, validate_alias,
 };
 pub use types::{
     CheckResult, CheckRule, FailureKind, GateResult, GateVerdict, OutKind, RunId, ServableResult,

@@ -87,6 +87,24 @@ pub struct ModelVersion {
     pub aliases: Vec<String>,
 }
 
+/// A version as a listing shows it: what made it and how it scored, without its whole lineage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionSummary {
+    pub version: Version,
+    /// Unix time in milliseconds.
+    pub registered_at_ms: i64,
+    pub run_id: RunId,
+    pub commit: Option<String>,
+    pub dirty: bool,
+    /// By key; in JSON, an object.
+    #[serde(serialize_with = "crate::metrics_object")]
+    pub metrics: Vec<(String, f64)>,
+    /// Imported from another registry (its run is over there).
+    pub imported: bool,
+    /// The aliases naming it now, sorted.
+    pub aliases: Vec<String>,
+}
+
 /// A model in the registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModelSummary {
@@ -613,6 +631,54 @@ impl Registry {
             .map(|(alias, _)| alias)
             .collect();
         VersionRow::read(&row)?.into_version(aliases)
+    }
+
+    /// The versions of `model`, newest first, as a listing shows them: at most `limit` of them
+    /// (all when `None`). Only the columns shown are read, so that a model with thousands of
+    /// versions lists at once. An unknown model is an error.
+    pub fn version_summaries(
+        &self,
+        model: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<VersionSummary>, Error> {
+        let limit = limit.map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let rows = self.db.query(
+            "SELECT rowid, version, registered_at_ms, run_id, commit_sha, dirty, metrics,
+                 origin IS NOT NULL
+             FROM model_versions WHERE model = ?1 ORDER BY version DESC LIMIT ?2",
+            args![model, limit],
+        )?;
+        if rows.is_empty() && limit > 0 {
+            return Err(Error::NoSuchModel(model.to_string()));
+        }
+        let aliases = self.aliases(model)?;
+        rows.iter()
+            .map(|row| {
+                let rowid: i64 = row.get(0)?;
+                let version: Version = row.get(1)?;
+                let metrics: String = row.get(6)?;
+                let metrics: BTreeMap<String, f64> =
+                    serde_json::from_str(&metrics).map_err(|_| Error::Corrupt {
+                        table: "model_versions",
+                        row: rowid,
+                        reason: "`metrics` does not hold what it should".into(),
+                    })?;
+                Ok(VersionSummary {
+                    version,
+                    registered_at_ms: row.get(2)?,
+                    run_id: row.get(3)?,
+                    commit: row.get(4)?,
+                    dirty: row.get(5)?,
+                    metrics: metrics.into_iter().collect(),
+                    imported: row.get(7)?,
+                    aliases: aliases
+                        .iter()
+                        .filter(|(_, v)| **v == version)
+                        .map(|(alias, _)| alias.clone())
+                        .collect(),
+                })
+            })
+            .collect()
     }
 
     /// Every version of `model`, newest first.

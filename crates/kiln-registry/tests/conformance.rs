@@ -47,6 +47,7 @@ conformance!(
     concurrent_registrations_get_distinct_gap_free_numbers,
     concurrent_opens_migrate_once,
     models_and_metrics_are_listed_in_byte_order,
+    version_summaries_list_newest_first_with_aliases,
 );
 
 fn open(backend: &Backend) -> Registry {
@@ -706,6 +707,72 @@ fn concurrent_opens_migrate_once(backend: &Backend) {
     }
     let mut registry = open(backend);
     assert_eq!(run(&mut registry), 1);
+}
+
+fn version_summaries_list_newest_first_with_aliases(backend: &Backend) {
+    let mut registry = open(backend);
+    for n in 1..=3u8 {
+        let id = run(&mut registry);
+        registry
+            .register_version("iris", &digest(n), &lineage(id, 0.9 + f64::from(n) / 100.0))
+            .unwrap();
+    }
+    let by = MoveBy {
+        command: AliasCommand::Alias,
+        run_id: None,
+        reason: None,
+    };
+    registry.move_alias("iris", "production", 2, by).unwrap();
+    let origin = Origin {
+        model: "iris".into(),
+        version: 9,
+        registered_at_ms: 1,
+        source: "iris-v9.tar".into(),
+    };
+    registry
+        .import_version("iris", &digest(4), &lineage(77, 0.5), &origin)
+        .unwrap();
+
+    let listed = registry.version_summaries("iris", None).unwrap();
+    let shown: Vec<(Version, Vec<&str>, bool)> = listed
+        .iter()
+        .map(|v| {
+            let aliases = v.aliases.iter().map(String::as_str).collect();
+            (v.version, aliases, v.imported)
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (4, vec!["latest"], true),
+            (3, vec![], false),
+            (2, vec!["production"], false),
+            (1, vec![], false),
+        ]
+    );
+    let two = &listed[2];
+    let full = registry.model_version("iris", 2).unwrap();
+    assert_eq!(two.metrics, full.lineage.metrics);
+    assert_eq!(
+        (two.run_id, &two.commit, two.dirty, two.registered_at_ms),
+        (
+            full.lineage.run_id,
+            &full.lineage.commit,
+            full.lineage.dirty,
+            full.registered_at_ms
+        )
+    );
+    let newest: Vec<Version> = registry
+        .version_summaries("iris", Some(2))
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(newest, [4, 3]);
+    assert!(matches!(
+        registry.version_summaries("nope", None),
+        Err(Error::NoSuchModel(_))
+    ));
 }
 
 fn models_and_metrics_are_listed_in_byte_order(backend: &Backend) {

@@ -24,6 +24,11 @@ use kiln_notify::Event;
 pub enum ModelsCommand {
     /// List the registered models: versions, latest version, aliases.
     List {
+        /// List this model's versions instead, newest first: run, commit, aliases, metrics.
+        model: Option<String>,
+        /// With a model: at most this many versions.
+        #[arg(long, value_name = "N", requires = "model")]
+        limit: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -117,7 +122,14 @@ pub fn models(root: &Path, command: ModelsCommand) -> Result<ExitCode> {
     repair_serving_links(&root, &workspace);
     let registry = &mut workspace.registry;
     match command {
-        ModelsCommand::List { json } => list(registry, json)?,
+        ModelsCommand::List {
+            model: None, json, ..
+        } => list(registry, json)?,
+        ModelsCommand::List {
+            model: Some(model),
+            limit,
+            json,
+        } => list_versions(registry, &model, limit, json)?,
         ModelsCommand::Show { reference, json } => show(registry, &reference, json)?,
         ModelsCommand::Diff { a, b, json } => diff(registry, &a, &b, json)?,
         ModelsCommand::History { model, alias, json } => {
@@ -391,6 +403,52 @@ fn list(registry: &Registry, json: bool) -> Result<()> {
             model.versions,
             format!("v{}", model.latest_version),
             aliases.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn list_versions(registry: &Registry, model: &str, limit: Option<usize>, json: bool) -> Result<()> {
+    let versions = registry.version_summaries(model, limit)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&versions)?);
+        return Ok(());
+    }
+    outln!(
+        "{:<8} {:<19}  {:>6}  {:<12} {:<20} METRICS",
+        "VERSION",
+        "REGISTERED (UTC)",
+        "RUN",
+        "COMMIT",
+        "ALIASES"
+    );
+    for version in &versions {
+        let commit = match &version.commit {
+            Some(sha) => format!(
+                "{}{}",
+                &sha[..sha.len().min(8)],
+                if version.dirty { "+" } else { "" }
+            ),
+            None => "-".to_string(),
+        };
+        let run = if version.imported {
+            "import".to_string()
+        } else {
+            version.run_id.to_string()
+        };
+        let metrics: Vec<String> = version
+            .metrics
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        outln!(
+            "{:<8} {:<19}  {:>6}  {:<12} {:<20} {}",
+            format!("v{}", version.version),
+            when(version.registered_at_ms),
+            run,
+            commit,
+            version.aliases.join(","),
+            metrics.join(" ")
         );
     }
     Ok(())

@@ -359,3 +359,54 @@ fn kiln_serve_follows_an_alias_as_it_moves() {
     assert_eq!(versions(), json!(["2"]));
     assert!(terminate(&mut server).success());
 }
+
+#[test]
+fn kiln_models_list_model_lists_its_versions_newest_first() {
+    let project = project();
+    for accuracy in [0.9, 0.91, 0.92] {
+        green(&project, accuracy);
+    }
+    let output = project.kiln(&["models", "alias", "m@v2", "production"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    let listed = json_of(&project, &["models", "list", "m", "--json"]);
+    let shown: Vec<(i64, Value, f64)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_i64().unwrap(),
+                v["aliases"].clone(),
+                v["metrics"]["accuracy"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (3, json!(["latest"]), 0.92),
+            (2, json!(["production"]), 0.91),
+            (1, json!([]), 0.9)
+        ]
+    );
+    let output = project.kiln(&["models", "list", "m", "--limit", "1"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("VERSION"), "{text}");
+    assert!(lines[1].starts_with("v3 "), "{text}");
+    assert!(lines[1].contains("latest"), "{text}");
+    assert!(lines[1].ends_with("accuracy=0.92"), "{text}");
+
+    let unknown = project.kiln(&["models", "list", "nope"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains("no version of model `nope` is registered"),
+        "{}",
+        stderr(&unknown)
+    );
+    let stray = project.kiln(&["models", "list", "--limit", "1"]);
+    assert_eq!(stray.status.code(), Some(2), "{}", stderr(&stray));
+}

@@ -452,11 +452,20 @@ fn assert_registry_consistent(project: &TestProject, seed: u64) -> Vec<String> {
 }
 
 /// Every version's artifact is whole in the store: the object of a file artifact, or the tree
-/// of a folder artifact and the object of each of its files, each re-hashed to its digest.
-///
-/// This is what `kiln store fsck` checks for the whole store; once that command exists, this
-/// helper becomes a call to it (exit 0, nothing reported).
+/// of a folder artifact and the object of each of its files, each re-hashed to its digest; and
+/// `kiln store fsck`, which checks the whole store, finds nothing wrong.
 fn assert_store_holds_versions(root: &Path, digests: &[String]) {
+    let fsck = kiln_command(root)
+        .args(["store", "fsck", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        fsck.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&fsck),
+        stderr(&fsck)
+    );
     let store = root.join(".kiln/store");
     let object = |digest: &str| store.join("objects").join(&digest[..2]).join(&digest[2..]);
     let assert_object = |digest: &str, what: &str| {
