@@ -208,6 +208,7 @@ def report(res):
     ml = json.load(open(os.path.join(res, "mlflow-list.json")))
     rows = []
     for name, label in [("kiln-models-list", "`kiln models list` (process)"),
+                        ("kiln-models-list-model", "`kiln models list m` (process; every version, newest first)"),
                         ("kiln-models-show", "`kiln models show m` (process; one version)"),
                         ("kiln-history", "`kiln models history m --alias latest` (process; every registration's move)")]:
         median, lo, hi = hyperfine_median(res, name)

@@ -128,6 +128,7 @@ assert models[0]['versions'] == $VERSIONS == models[0]['latest_version'], models
 " || die "kiln models list does not list $VERSIONS versions"
 
 hf kiln-models-list -n "kiln models list ($VERSIONS versions)" "$KILN -C $WORK/many models list"
+hf kiln-models-list-model -n "kiln models list m ($VERSIONS versions)" "$KILN -C $WORK/many models list m"
 hf kiln-models-show -n "kiln models show m" "$KILN -C $WORK/many models show m"
 hf kiln-history -n "kiln models history m --alias latest ($VERSIONS moves)" "$KILN -C $WORK/many models history m --alias latest"
 meta load_kiln-inprocess "$(loadavg)"
