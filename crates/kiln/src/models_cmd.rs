@@ -22,7 +22,7 @@ use kiln_notify::Event;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// List the registered models: versions, latest version, aliases.
+    /// List the registered models (versions, latest version, aliases), or one model's versions.
     List {
         /// List this model's versions instead, newest first: run, commit, aliases, metrics.
         model: Option<String>,
