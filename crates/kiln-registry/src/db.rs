@@ -366,6 +366,9 @@ fn sqlite_column(value: rusqlite::types::ValueRef<'_>) -> Value {
 /// arbitrary constant: `kiln` in ASCII, then `schema`).
 const SCHEMA_LOCK: i64 = 0x6b69_6c6e_0000_0001;
 
+/// How long a SQLite connection waits for another process's lock.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a PostgreSQL connection attempt may take when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -373,10 +376,24 @@ impl Database {
     /// Opens (creating if needed) a SQLite database file, in WAL mode, with foreign keys on.
     pub(crate) fn open_sqlite(path: &Path) -> Result<Database, rusqlite::Error> {
         let connection = rusqlite::Connection::open(path)?;
-        connection.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-        )?;
+        connection.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+        // Switching a new file to WAL takes a lock that another process opening the same new
+        // registry may hold for a moment, and SQLite answers "busy" there without waiting: try
+        // again for as long as the busy timeout.
+        let started = std::time::Instant::now();
+        loop {
+            match connection.execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            ) {
+                Err(rusqlite::Error::SqliteFailure(error, _))
+                    if error.code == rusqlite::ErrorCode::DatabaseBusy
+                        && started.elapsed() < SQLITE_BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                result => break result?,
+            }
+        }
         Ok(Database::Sqlite(connection))
     }
 
