@@ -302,25 +302,8 @@ fn kiln_serve_follows_an_alias_as_it_moves() {
     green(&project, 0.92);
     project.kiln(&["models", "alias", "m@v1", "production"]);
 
-    let port = free_port();
-    let python = test_python();
-    let mut server = spawn_serve(
-        project.root(),
-        &[
-            "m@production",
-            "--port",
-            &port.to_string(),
-            "--watch-interval-ms",
-            "100",
-            "--python",
-            python.to_str().unwrap(),
-        ],
-    );
-    wait_listening(&mut server);
-    let request = json!({"inputs": [
-        {"name": "a", "shape": [1], "datatype": "FP64", "data": [1.0]},
-        {"name": "b", "shape": [1], "datatype": "FP64", "data": [2.0]},
-    ]});
+    let (mut server, port) = serve_production(&project);
+    let request = sum_request();
     let answer = || {
         let (status, body) = post(port, "/v2/models/m/infer", &request);
         assert_eq!(status, 200, "{body}");
@@ -409,4 +392,32 @@ fn kiln_models_list_model_lists_its_versions_newest_first() {
     );
     let stray = project.kiln(&["models", "list", "--limit", "1"]);
     assert_eq!(stray.status.code(), Some(2), "{}", stderr(&stray));
+}
+
+/// `kiln serve m@production` in `project`, watching the alias every 100 ms; with its port.
+pub(crate) fn serve_production(project: &TestProject) -> (std::process::Child, u16) {
+    let port = free_port();
+    let python = test_python();
+    let mut server = spawn_serve(
+        project.root(),
+        &[
+            "m@production",
+            "--port",
+            &port.to_string(),
+            "--watch-interval-ms",
+            "100",
+            "--python",
+            python.to_str().unwrap(),
+        ],
+    );
+    wait_listening(&mut server);
+    (server, port)
+}
+
+/// A v2 request asking an adder model for `1 + 2`.
+pub(crate) fn sum_request() -> Value {
+    json!({"inputs": [
+        {"name": "a", "shape": [1], "datatype": "FP64", "data": [1.0]},
+        {"name": "b", "shape": [1], "datatype": "FP64", "data": [2.0]},
+    ]})
 }

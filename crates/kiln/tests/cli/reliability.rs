@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::{TestProject, kiln_command, kiln_process, stderr, stdout};
-use crate::serve::{free_port, post, spawn_serve, terminate, test_python, wait_listening};
+use crate::models::{serve_production, sum_request};
+use crate::serve::{post, terminate, test_python};
 
 /// A model whose artifact is the folder `model`: `predict.py` and the `params.yaml` its stage
 /// saw. It answers `a + b + train.offset`, so each `--set train.offset=N` registers a new version whose
@@ -560,25 +561,8 @@ fn a_server_following_an_alias_counts_each_request_under_the_version_that_answer
     let output = project.kiln(&["models", "alias", "m@v1", "production"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 
-    let port = free_port();
-    let python = test_python();
-    let mut server = spawn_serve(
-        project.root(),
-        &[
-            "m@production",
-            "--port",
-            &port.to_string(),
-            "--watch-interval-ms",
-            "100",
-            "--python",
-            python.to_str().unwrap(),
-        ],
-    );
-    wait_listening(&mut server);
-    let request = json!({"inputs": [
-        {"name": "a", "shape": [1], "datatype": "FP64", "data": [1.0]},
-        {"name": "b", "shape": [1], "datatype": "FP64", "data": [2.0]},
-    ]});
+    let (mut server, port) = serve_production(&project);
+    let request = sum_request();
     // Which version answered, told by its offset: v1 adds 10, v2 adds 20.
     let mut answered = BTreeMap::from([(1, 0u64), (2, 0u64)]);
     let mut ask = || {
