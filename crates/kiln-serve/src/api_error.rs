@@ -38,6 +38,12 @@ pub enum ErrorCode {
     InferenceFailed,
     Overloaded,
     ShuttingDown,
+    /// A deployment's front has no version to send the request to (none deployed yet).
+    NoVersionServing,
+    /// A deployment's front could not reach its serving process (being restarted) in time.
+    BackendUnavailable,
+    /// A deployment's serving process answered something that is not HTTP.
+    BadGateway,
     NotFound,
     AliasNotFound,
     Unauthorized,
@@ -70,6 +76,9 @@ impl ErrorCode {
             ErrorCode::InferenceFailed => "inference_failed",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NoVersionServing => "no_version_serving",
+            ErrorCode::BackendUnavailable => "backend_unavailable",
+            ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::NotFound => "not_found",
             ErrorCode::AliasNotFound => "alias_not_found",
             ErrorCode::Unauthorized => "unauthorized",
@@ -99,10 +108,12 @@ impl ErrorCode {
             | ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::ModelNotReady | ErrorCode::ShuttingDown | ErrorCode::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ErrorCode::WorkerCrashed => StatusCode::BAD_GATEWAY,
+            ErrorCode::ModelNotReady
+            | ErrorCode::ShuttingDown
+            | ErrorCode::Overloaded
+            | ErrorCode::NoVersionServing
+            | ErrorCode::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::WorkerCrashed | ErrorCode::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorCode::ModelLoadFailed
             | ErrorCode::ModelError
             | ErrorCode::InferenceFailed
@@ -124,8 +135,9 @@ pub struct ApiError {
     pub detail: Option<String>,
 }
 
-/// Seconds a client is asked to wait (`Retry-After`) when a model's queue is full.
-const RETRY_AFTER_SECONDS: u32 = 1;
+/// Seconds a client is asked to wait (`Retry-After`) when a model's queue is full, or when a
+/// deployment has nothing serving.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -152,6 +164,14 @@ impl ApiError {
         self.code.status()
     }
 
+    /// Whether the answer carries `Retry-After`: the condition is expected to pass by itself.
+    pub fn retry_after(&self) -> bool {
+        matches!(
+            self.code,
+            ErrorCode::Overloaded | ErrorCode::NoVersionServing | ErrorCode::BackendUnavailable
+        )
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let mut body = serde_json::json!({"error": self.message, "code": self.code.as_str()});
         if let Some(field) = &self.field {
@@ -167,7 +187,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), axum::Json(self.to_json())).into_response();
-        if self.code == ErrorCode::Overloaded {
+        if self.retry_after() {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));

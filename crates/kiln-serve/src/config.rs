@@ -100,6 +100,9 @@ pub struct RequestLogConfig {
     pub max_files: usize,
 }
 
+/// The largest request body a server (and a deployment's front) accepts unless told otherwise: 4 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -134,7 +137,7 @@ impl ServerConfig {
             python: None,
             python_workers: cores.clamp(1, 4),
             onnx_sessions: cores.clamp(1, 4),
-            max_body_bytes: 4 * 1024 * 1024,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             allow_nan: false,
             watch_interval: Some(Duration::from_secs(1)),
             request_log: None,

@@ -1,14 +1,17 @@
 //! kiln-serve: Kiln's prediction server — ONNX and `predict.py` engines, Open Inference Protocol v2 and
 //! MLflow scoring over HTTP, adaptive batching, hot swap, Prometheus metrics and a sampled request log.
 //!
-//! Entry points: [`Server::start`] (async, for tests and embedding), [`run_blocking`] (for `kiln serve`) and
-//! [`probe`] (load a model and predict once, to prove an artifact servable).
+//! Entry points: [`Server::start`] (async, for tests and embedding), [`run_blocking`] (for `kiln serve`),
+//! [`probe`] (load a model and predict once, to prove an artifact servable) and [`Front`] (the stable
+//! address of a local deployment, forwarding to the serving process of the moment; with its checks in
+//! [`front`]).
 
 pub mod api_error;
 mod batcher;
 pub mod config;
 mod engine;
 mod error;
+pub mod front;
 mod http;
 pub mod metrics;
 pub mod ortlib;
@@ -26,6 +29,7 @@ use std::sync::atomic::Ordering;
 pub use config::{BatchConfig, ModelConfig, RequestLogConfig, ServerConfig};
 pub use engine::onnx::FEATURE_NAMES_KEY;
 pub use error::{Error, Result};
+pub use front::{Drain, Front};
 pub use probe::{Probe, probe};
 
 use crate::http::AppState;

@@ -3,6 +3,7 @@
 
 mod batching;
 mod common;
+mod front;
 mod http_errors;
 mod metrics;
 mod mlflow;
