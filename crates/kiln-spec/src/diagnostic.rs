@@ -110,8 +110,11 @@ impl SourceFile {
                     .filter(|&i| i > 0)
                     .unwrap_or(line.len());
                 let token = line[..end].trim_end();
-                // `key: value` inside a flow mapping: underline the key alone.
-                token.find(": ").unwrap_or(token.len())
+                // `key: value`, or `key:` ending its line: underline the key alone.
+                token
+                    .find(": ")
+                    .or_else(|| token.strip_suffix(':').map(str::len))
+                    .unwrap_or(token.len())
             }
         };
         offset..offset + len.max(1)

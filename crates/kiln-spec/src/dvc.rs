@@ -261,6 +261,7 @@ impl Reader<'_> {
             example: None,
             training_data: None,
             gates: Vec::new(),
+            deploy: crate::deploy::Deploy::default_for_model(),
         })
     }
 

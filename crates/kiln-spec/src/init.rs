@@ -666,7 +666,14 @@ fn write_model(out: &mut String, root: &Path, model: &Found, shared: &Shared, mi
     }
     out.push_str(
         "    # Quality gates over the metrics: a model that fails one is not registered or deployed.\n    \
-         # gates: [\"accuracy >= 0.9\", \"accuracy >= production.accuracy - 0.01\"]\n",
+         # gates: [\"accuracy >= 0.9\", \"accuracy >= production.accuracy - 0.01\"]\n    \
+         # Where versions are served, in promotion order (without `deploy`, this default). The\n    \
+         # first environment takes every green run (`auto: false` to deploy by `kiln deploy`); a\n    \
+         # later one is promoted to from the one before: `approve: auto` once that one is healthy,\n    \
+         # `manual` by `kiln promote`. `port: 8100` fixes an environment's port.\n    \
+         # deploy:\n    \
+         #   staging: {auto: true}\n    \
+         #   production: {approve: manual}\n",
     );
 }
 
@@ -912,6 +919,18 @@ mod tests {
         );
         assert_eq!(paths(&train.outs), ["models/churn/model.onnx"]);
         assert!(text.contains("# gates: ["), "{text}");
+
+        // The commented `deploy` is the default, and reads back as such once uncommented.
+        let uncommented = text
+            .replace("    # deploy:\n", "    deploy:\n")
+            .replace("    #   staging:", "      staging:")
+            .replace("    #   production:", "      production:");
+        assert_ne!(uncommented, text);
+        std::fs::write(root.path().join(crate::KILN_FILE), &uncommented).unwrap();
+        let project = crate::load(root.path()).unwrap();
+        for model in &project.models {
+            assert_eq!(model.deploy, crate::Deploy::default_for_model());
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! The entry point is [`load`]: it finds the project file under a root, reads it into the
 //! validated [`Project`] or returns every [`Diagnostic`] it found.
 
+pub mod deploy;
 pub mod diagnostic;
 pub mod edit;
 pub mod gate;
@@ -15,6 +16,7 @@ mod validate;
 pub mod values;
 mod yaml;
 
+pub use deploy::{Approve, Deploy, Environment, TargetKind};
 pub use diagnostic::{Diagnostic, Location, SourceFile};
 pub use project::{
     DataCheck, Gate, Model, Project, ProjectFormat, PythonEnv, RelPath, Stage, StageId,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::deploy::Deploy;
 use crate::diagnostic::Location;
 use crate::gate::Expr;
 pub use crate::schema::{ColumnRule, ColumnType, RowBounds};
@@ -60,6 +61,8 @@ pub struct Model {
     /// version the model registers.
     pub training_data: Option<RelPath>,
     pub gates: Vec<Gate>,
+    /// Where its versions are deployed (`deploy:`, else [`Deploy::default_for_model`]).
+    pub deploy: Deploy,
 }
 
 /// A Python virtualenv built from a requirements file.

@@ -34,6 +34,9 @@ pub struct ModelSpec {
     pub training_data: Option<Spanned<String>>,
     #[serde(default)]
     pub gates: Vec<Spanned<String>>,
+    /// The environments new versions go to, in promotion order (default: `staging`, then
+    /// `production`).
+    pub deploy: Option<crate::deploy::DeploySpec>,
 }
 
 /// A Python virtualenv built from a requirements file.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use marked_yaml::{Span, Spanned};
 
+use crate::deploy::Deploy;
 use crate::diagnostic::{Diagnostic, Location, SourceFile};
 use crate::gate;
 use crate::project::{
@@ -93,6 +94,24 @@ pub(crate) fn locate(source: &SourceFile, span: &Span) -> Option<Location> {
     })
 }
 
+fn locate_marker(source: &SourceFile, marker: &marked_yaml::Marker) -> Location {
+    let offset = source.offset(marker.line(), marker.column());
+    Location {
+        file: source.clone(),
+        range: source.token_at(offset),
+    }
+}
+
+/// Where the key `key` of the mapping at `path` (as in [`marker_at_path`]) stands in `source`.
+fn locate_key(
+    source: &SourceFile,
+    node: &marked_yaml::Node,
+    path: &str,
+    key: &str,
+) -> Option<Location> {
+    marker_at_path(node, path, Some(key), None).map(|m| locate_marker(source, &m))
+}
+
 /// Reads the nodes of `source` into serde type `T`, turning shape errors into diagnostics.
 pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
     source: &SourceFile,
@@ -109,13 +128,7 @@ pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
             .path()
             .and_then(|path| marker_at_path(node, path, unknown_field, error.start_mark()))
             .or_else(|| error.start_mark());
-        let location = marker.map(|m| {
-            let offset = source.offset(m.line(), m.column());
-            Location {
-                file: source.clone(),
-                range: source.token_at(offset),
-            }
-        });
+        let location = marker.map(|m| locate_marker(source, &m));
         let (message, hint) = match &*error {
             marked_yaml::Error::UnknownFieldError(field, expected, _) => (
                 format!("unknown key `{field}`"),
@@ -266,6 +279,7 @@ pub fn parse_kiln(root: &Path, source: SourceFile) -> Result<Project, Vec<Diagno
         let mut reader = ModelReader {
             root,
             source: &source,
+            node: &node,
             diagnostics: &mut diagnostics,
         };
         if let Some(model) = reader.model(name, spec) {
@@ -285,6 +299,7 @@ pub fn parse_kiln(root: &Path, source: SourceFile) -> Result<Project, Vec<Diagno
         notify,
     };
     diagnostics.extend(check_examples(&project, &file, &source));
+    diagnostics.extend(crate::deploy::check_ports(&file, &source));
     diagnostics.extend(check_graph(&project));
     if diagnostics.is_empty() {
         Ok(project)
@@ -329,6 +344,8 @@ fn check_examples(project: &Project, file: &KilnFile, source: &SourceFile) -> Ve
 struct ModelReader<'a> {
     root: &'a Path,
     source: &'a SourceFile,
+    /// The whole file, to locate keys (serde keeps the spans of values only).
+    node: &'a marked_yaml::Node,
     diagnostics: &'a mut Vec<Diagnostic>,
 }
 
@@ -537,6 +554,21 @@ impl ModelReader<'_> {
                 }
             }
         }
+        let deploy = match &spec.deploy {
+            Some(deploy) => {
+                let key = locate_key(
+                    self.source,
+                    self.node,
+                    &format!("models.{}", name.as_str()),
+                    "deploy",
+                );
+                let (deploy, problems) =
+                    crate::deploy::read(name, deploy, key, spec.artifact.is_some(), self.source);
+                self.diagnostics.extend(problems);
+                deploy
+            }
+            None => Deploy::default_for_model(),
+        };
         Some(Model {
             name: name.to_string(),
             dir,
@@ -547,6 +579,7 @@ impl ModelReader<'_> {
             example,
             training_data,
             gates,
+            deploy,
         })
     }
 
