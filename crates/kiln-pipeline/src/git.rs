@@ -405,4 +405,32 @@ mod tests {
         git_in(dir.path(), &["init", "-q"]);
         assert_eq!(start_check(dir.path()).finish(&cache), (None, false));
     }
+
+    #[test]
+    fn a_linked_worktree_reads_its_own_commit_and_index() {
+        let (dir, root) = repository();
+        let first = git_in(dir.path(), &["rev-parse", "HEAD"]);
+        std::fs::write(root.join("data/f1.txt"), "second\n").unwrap();
+        git_in(dir.path(), &["commit", "-qam", "second"]);
+        let worktree = dir.path().join("linked");
+        git_in(
+            dir.path(),
+            &["worktree", "add", "-q", "--detach", "linked", &first],
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let linked_root = worktree.join("sub");
+        let cache = StatCache::load(&dir.path().join("stat-cache"));
+        assert_eq!(
+            start_check(&linked_root).finish(&cache),
+            (Some(first.clone()), false)
+        );
+        // The main tree is on the second commit; the linked one's change is its own.
+        std::fs::write(linked_root.join("data/f2.txt"), "changed\n").unwrap();
+        assert_eq!(
+            start_check(&linked_root).finish(&cache),
+            (Some(first), true)
+        );
+        let second = git_in(dir.path(), &["rev-parse", "HEAD"]);
+        assert_eq!(start_check(&root).finish(&cache), (Some(second), false));
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod aliases;
 pub mod artifact;
+pub mod checkout;
 pub mod checks;
 pub mod gates;
 pub mod git;
@@ -21,6 +22,7 @@ pub mod status;
 pub mod store_roots;
 pub mod training_data;
 pub mod transfer;
+pub mod watch;
 pub mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +35,7 @@ pub use artifact::{
     Artifact, PublishedVersion, latest_artifact, publish, publish_alias, publish_version,
     republish_stale_aliases, version_artifact, version_out,
 };
+pub use checkout::{Checkout, Commit, Repo, find_repo};
 pub use kiln_registry::{ModelRef, Selector, Version};
 pub use params::{Override, ParamWrite};
 pub use run::{
@@ -40,6 +43,7 @@ pub use run::{
     ServabilityFailure, ServablePass, run,
 };
 pub use status::{StageStatus, StatusReport, status};
+pub use watch::{BranchWatch, WatchSource};
 pub use workspace::Workspace;
 
 /// A pipeline operation that failed before or outside the stages themselves (a failing stage
@@ -144,6 +148,41 @@ pub enum Error {
         path: String,
         digest: String,
     },
+    #[error("cannot read the git repository at `{}`", path.display())]
+    GitRead {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot start `git`")]
+    GitSpawn {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`git {command}` failed: {detail}")]
+    GitFailed { command: String, detail: String },
+    #[error("`{sha}` is not a full commit id")]
+    NotACommitId { sha: String },
+    #[error("HEAD is not on a branch (detached at `{commit}`): there is no branch to watch")]
+    DetachedHead { commit: String },
+    #[error("`{branch}` is not a valid branch name")]
+    BadBranchName { branch: String },
+    #[error("no branch `{branch}` in {place}")]
+    BranchNotFound {
+        branch: String,
+        /// `this repository`, or `remote `origin``.
+        place: String,
+        /// The branches there, comma-separated, for the hint (empty when unknown).
+        known: String,
+    },
+    #[error("no git remote `{remote}` in this repository (remotes: {known})")]
+    RemoteNotFound { remote: String, known: String },
+    #[error("cannot fetch branch `{branch}` from `{remote}`: {detail}")]
+    Fetch {
+        remote: String,
+        branch: String,
+        detail: String,
+    },
 }
 
 impl Error {
@@ -197,6 +236,19 @@ impl Error {
                 Some("run `kiln run --force` to store the outs again".into())
             }
             Error::Store(error) => error.hint(),
+            Error::GitSpawn { .. } => Some("install git and put it on `PATH`".into()),
+            Error::DetachedHead { .. } => {
+                Some("check out a branch, or name the branch to watch".into())
+            }
+            Error::BranchNotFound { known, place, .. } if !known.is_empty() => {
+                Some(format!("branches of {place}: {known}"))
+            }
+            Error::RemoteNotFound { remote, .. } => {
+                Some(format!("add it with `git remote add {remote} URL`"))
+            }
+            Error::Fetch { remote, .. } => Some(format!(
+                "check the network and the remote's URL (`git remote get-url {remote}`); git runs without prompting, so credentials must come from a credential helper or an SSH agent"
+            )),
             _ => None,
         }
     }
