@@ -17,6 +17,17 @@ pub enum Error {
         #[source]
         source: ExampleError,
     },
+    #[error(transparent)]
+    Registry(#[from] kiln_registry::Error),
+    #[error("cannot {action} `{}`", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another `kiln up` supervises this project{}", pid.map_or(String::new(), |pid| format!(" (pid {pid})")))]
+    SupervisorRunning { pid: Option<u32> },
     #[error("cannot install ONNX Runtime into Kiln's cache (`{}`)", path.display())]
     ManagedRuntime {
         path: PathBuf,
@@ -47,6 +58,11 @@ impl Error {
             Error::Serve(error) => error.hint(),
             Error::Example { .. } => Some(
                 "`example:` names a CSV file with a header row, or a JSON list of records".into(),
+            ),
+            Error::Registry(error) => error.hint(),
+            Error::Io { .. } => None,
+            Error::SupervisorRunning { .. } => Some(
+                "stop it (Ctrl-C where it runs), or use `kiln deploy`, `kiln promote` and `kiln ps`, which work with the running one".into(),
             ),
             Error::ManagedRuntime { .. } => Some(
                 "install the `onnxruntime` package into the model's Python environment, or pass `--ort-lib`"

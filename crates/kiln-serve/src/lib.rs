@@ -134,15 +134,54 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Completes when standard input reaches its end. A supervised server's stdin is a pipe from its
+/// supervisor, which never writes to it: the end comes when the supervisor closes it (to stop
+/// the server) or dies, so that no server outlives the supervisor that started it.
+pub async fn stdin_closed() {
+    let (closed, wait) = tokio::sync::oneshot::channel::<()>();
+    // A plain thread, not the runtime's blocking pool: the runtime must not wait for it at exit.
+    let reader = std::thread::Builder::new()
+        .name("kiln-stdin".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buffer = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut buffer), Ok(n) if n > 0) {}
+            let _ = closed.send(());
+        });
+    match reader {
+        Ok(_) => {
+            let _ = wait.await;
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+/// Completes on SIGTERM, SIGINT or the end of stdin: the stop of a supervised server.
+pub async fn supervised_shutdown() {
+    tokio::select! {
+        () = shutdown_signal() => {},
+        () = stdin_closed() => {},
+    }
+}
+
 /// Runs a server on its own runtime until SIGTERM / SIGINT, then drains and returns (for `kiln serve`).
 pub fn run_blocking(config: ServerConfig) -> Result<()> {
+    run_blocking_until(config, shutdown_signal())
+}
+
+/// Runs a server on its own runtime until `stop` completes, then drains and returns.
+pub fn run_blocking_until(
+    config: ServerConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kiln-serve")
         .build()?;
     let result = runtime.block_on(async move {
         let server = Server::start(config).await?;
-        server.run(shutdown_signal()).await
+        server.run(stop).await
     });
     // Requests are drained by now; do not let a stuck worker pipe hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod commands;
+mod deploy_cmd;
 mod error;
 mod exit;
 mod files;
@@ -16,6 +17,7 @@ mod report;
 mod serve_cmd;
 mod store_cmd;
 mod ui;
+mod up_cmd;
 mod version_data;
 
 use std::path::PathBuf;
@@ -95,6 +97,39 @@ Examples:
   curl -s localhost:8080/v2/models/iris/infer -d '{\"inputs\": [...]}'"
     )]
     Serve(serve_cmd::ServeArgs),
+    /// Run, register, deploy and serve this repository on this machine, and every new commit.
+    #[command(
+        after_help = "Each new commit of the watched branch is run in a clean checkout (a worktree under
+`.kiln/worktrees/`, sharing the project's caches and registry). Each green version goes to the
+model's first environment (`staging`), then to the next ones as `deploy:` in kiln.yaml allows
+(`approve: auto`, or `kiln promote`). Every environment is served on its own port by supervised
+processes: a new version is smoke-tested beside the old one before it takes the port; a
+process that dies is restarted within a second; a version that fails its rollout or
+crash-loops is rolled back. Ctrl-C stops the watcher and the servers.
+
+Examples:
+  kiln up --once                 # one pass: run, register, deploy, one prediction, stop
+  kiln up examples/iris
+  kiln up --remote origin --branch main --poll 30s
+  kiln up --port-base 9000"
+    )]
+    Up(up_cmd::UpArgs),
+    /// Deploy a version to an environment (the running `kiln up` rolls it out).
+    #[command(
+        after_help = "Examples:\n  kiln deploy iris@v3 --env staging\n  kiln deploy iris@latest --env staging --reason \"hotfix\" --json"
+    )]
+    Deploy(deploy_cmd::DeployArgs),
+    /// Promote the version an environment serves to the next one (`approve: manual` waits for this).
+    #[command(
+        after_help = "Examples:\n  kiln promote iris --to production\n  kiln promote iris --from staging --to production --reason \"A/B won\""
+    )]
+    Promote(deploy_cmd::PromoteArgs),
+    /// Put an environment back on the version it served before its last change.
+    #[command(after_help = "Examples:\n  kiln rollback iris --env production --reason \"latency\"")]
+    Rollback(deploy_cmd::RollbackArgs),
+    /// What is deployed where: environment, version, URL, pid, uptime, restarts, health.
+    #[command(after_help = "Examples:\n  kiln ps\n  kiln ps --json")]
+    Ps(deploy_cmd::PsArgs),
     /// The content-addressed store: check every blob (`fsck`), remove unreferenced ones (`gc`).
     #[command(
         subcommand,
@@ -147,6 +182,11 @@ fn main() -> ExitCode {
             init_server_logs();
             registry_cmd::registry(&cli.project, command)
         }
+        Command::Up(args) => up_cmd::up(&cli.project, args),
+        Command::Deploy(args) => deploy_cmd::deploy(&cli.project, args),
+        Command::Promote(args) => deploy_cmd::promote(&cli.project, args),
+        Command::Rollback(args) => deploy_cmd::rollback(&cli.project, args),
+        Command::Ps(args) => deploy_cmd::ps(&cli.project, args),
         Command::Store(command) => store_cmd::store(&cli.project, command),
         Command::Serve(args) => {
             init_server_logs();

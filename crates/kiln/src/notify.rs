@@ -120,3 +120,104 @@ pub fn alias_message(
     message.details = reason.map(|r| format!("reason: {r}")).into_iter().collect();
     message
 }
+
+/// What the deployment controller did that people hear of: deployed, promoted, rolled back,
+/// crashed (a failed rollout with nothing to fall back to counts as a crash).
+pub fn deployment_message(change: &kiln_deploy::Change) -> Option<Message> {
+    use kiln_deploy::Change;
+    let message = match change {
+        Change::Deployed { status, from, took } => {
+            let was = from.map_or(String::new(), |from| format!(" (was v{from})"));
+            let mut message = Message::new(
+                Event::Deployed,
+                &status.model,
+                format!(
+                    "`{}` v{} serves `{}` at {}{was}",
+                    status.model, status.version, status.environment, status.url
+                ),
+            );
+            message.version = Some(status.version);
+            message.environment = Some(status.environment.clone());
+            message.details = vec![format!("rolled out in {:.1} s", took.as_secs_f64())];
+            message
+        }
+        Change::Promoted {
+            model,
+            from_environment,
+            environment,
+            version,
+        } => alias_message(
+            Event::Promoted,
+            model,
+            environment,
+            None,
+            *version,
+            Some(&format!(
+                "`approve: auto` after `{from_environment}` served it"
+            )),
+        ),
+        Change::RolloutFailed {
+            model,
+            environment,
+            version,
+            error,
+            rolled_back_to,
+        } => {
+            let (event, text) = match rolled_back_to {
+                Some(to) => (
+                    Event::RolledBack,
+                    format!(
+                        "`{model}` v{version} failed its rollout to `{environment}`: rolled back to v{to}"
+                    ),
+                ),
+                None => (
+                    Event::Crashed,
+                    format!("`{model}` v{version} failed its rollout to `{environment}`"),
+                ),
+            };
+            let mut message = Message::new(event, model, text);
+            message.version = Some(rolled_back_to.unwrap_or(*version));
+            message.environment = Some(environment.clone());
+            message.details = std::iter::once(error.message.clone())
+                .chain(error.log_tail.clone())
+                .collect();
+            message
+        }
+        Change::RolledBack {
+            model,
+            environment,
+            from,
+            to,
+            reason,
+        } => alias_message(
+            Event::RolledBack,
+            model,
+            environment,
+            Some(*from),
+            *to,
+            Some(reason),
+        ),
+        Change::Crashed {
+            model,
+            environment,
+            version,
+            detail,
+            restart_in,
+        } => {
+            let mut message = Message::new(
+                Event::Crashed,
+                model,
+                format!(
+                    "`{model}` v{version} crashed in `{environment}`: restarting in {:.1} s",
+                    restart_in.as_secs_f64()
+                ),
+            );
+            message.version = Some(*version);
+            message.environment = Some(environment.clone());
+            message.details = vec![detail.clone()];
+            message
+        }
+        _ => return None,
+    };
+    Some(message)
+}

@@ -86,9 +86,20 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub request_log_files: usize,
 
-    /// For a project's model: the file holding the registry version served (set by `serve`).
-    #[arg(skip)]
+    /// For a project's model: the file holding the registry version served, as `NAME=FILE`
+    /// (set by `serve MODEL@ALIAS` and by the supervisor).
+    #[arg(long, hide = true, value_name = "NAME=FILE", value_parser = parse_version_file)]
     pub version_file: Option<(String, PathBuf)>,
+
+    /// Run under Kiln's supervisor (`kiln up`): stop, draining, when stdin closes.
+    #[arg(long, hide = true)]
+    pub supervised: bool,
+}
+
+fn parse_version_file(text: &str) -> std::result::Result<(String, PathBuf), String> {
+    text.split_once('=')
+        .map(|(name, file)| (name.to_string(), PathBuf::from(file)))
+        .ok_or_else(|| format!("expected NAME=FILE, got `{text}`"))
 }
 
 impl ServeArgs {
@@ -221,6 +232,11 @@ pub fn serve(root: &Path, mut args: ServeArgs) -> Result<ExitCode> {
 
 /// Runs the server until SIGTERM or Ctrl-C, then drains in-flight requests and exits 0.
 fn run(args: ServeArgs, project_root: &Path) -> Result<ExitCode> {
-    kiln_serve::run_blocking(args.to_config(project_root)?)?;
+    let config = args.to_config(project_root)?;
+    if args.supervised {
+        kiln_serve::run_blocking_until(config, kiln_serve::supervised_shutdown())?;
+    } else {
+        kiln_serve::run_blocking(config)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

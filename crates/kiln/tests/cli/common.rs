@@ -109,3 +109,19 @@ pub fn outcomes(output: &Output) -> Vec<String> {
         .into_iter()
         .collect()
 }
+
+/// `kiln ARGS` exits 2 (invalid input) and says `message` on stderr.
+pub fn assert_refused(project: &TestProject, args: &[&str], message: &str) {
+    let output = project.kiln(args);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{args:?}: {}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains(message),
+        "{args:?}: {}",
+        stderr(&output)
+    );
+}

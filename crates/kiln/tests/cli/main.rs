@@ -17,3 +17,4 @@ mod servable;
 mod serve;
 mod store;
 mod transfer;
+mod up;

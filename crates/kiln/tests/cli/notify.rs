@@ -70,7 +70,7 @@ pub(crate) fn start_receiver(dir: &Path) -> (Server, u16) {
     (Server(child), line.trim().parse().unwrap())
 }
 
-fn start_smtp(maildir: &Path) -> (Server, u16) {
+pub(crate) fn start_smtp(maildir: &Path) -> (Server, u16) {
     let port = free_port();
     let child = Command::new(test_python())
         .args(["-m", "aiosmtpd", "-n", "-l"])

@@ -192,20 +192,7 @@ fn bad_exports_and_imports_are_refused_with_a_message_and_leave_nothing_behind()
     let manifest = String::from_utf8(entries[0].1.clone()).unwrap();
     let blob = entries[1].0.clone();
 
-    let refused = |project: &TestProject, args: &[&str], message: &str| {
-        let output = project.kiln(args);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            stderr(&output)
-        );
-        assert!(
-            stderr(&output).contains(message),
-            "{args:?}: {}",
-            stderr(&output)
-        );
-    };
+    let refused = crate::common::assert_refused;
     let nowhere = files.path().join("never.tar");
     refused(
         &here,
