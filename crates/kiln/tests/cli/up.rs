@@ -20,7 +20,8 @@ use crate::serve::{free_port, test_python};
 
 /// Writes `model/predict.py` (an adder with the params' offset) and `metrics.json`. With
 /// `crash: true` in the params, the model refuses to load in a served environment (it passes
-/// the pipeline's servable check, and fails in `kiln up`'s rollout).
+/// the pipeline's servable check, and fails in `kiln up`'s rollout); with `die_after: N`, it
+/// kills its server N seconds after loading, when served.
 const BUILD: &str = r#"import json, os, re
 params = open("params.yaml").read()
 offset = int(re.search(r"offset:\s*(-?\d+)", params).group(1))
@@ -28,6 +29,12 @@ guard = ""
 if "crash: true" in params:
     guard = ('import os\nif os.environ.get("KILN_ENVIRONMENT"):\n'
              '    raise RuntimeError("cannot load: the feature store is unreachable")\n')
+dies = re.search(r"die_after:\s*(\d+)", params)
+if dies:
+    # Served, it takes its server down a few seconds after loading: a crash loop.
+    guard = ('import os, threading, time\nif os.environ.get("KILN_ENVIRONMENT"):\n'
+             f'    threading.Thread(target=lambda: (time.sleep({dies.group(1)}), '
+             'os.kill(os.getppid(), 9)), daemon=True).start()\n')
 os.makedirs("model", exist_ok=True)
 with open("model/predict.py", "w") as out:
     out.write(guard + f'''SIGNATURE = {{
@@ -348,6 +355,30 @@ fn kiln_up_delivers_commits_supervises_and_rolls_back() {
     // The figure is measured by bench/deliver; here only the order of magnitude.
     assert!(back < Duration::from_secs(10), "took {back:?}");
 
+    // A process that stops answering (SIGSTOP) is killed after three missed health checks,
+    // and restarted on the same version.
+    let pid = on_staging["pid"].as_u64().unwrap().to_string();
+    let mark = up.line_count();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    up.wait_for("missed 3 health checks in a row", mark, minute);
+    up.wait_for("`m` v2 in `staging` is back", mark, minute);
+    let listed = ps(&project);
+    let on_staging = deployment(&listed, "staging");
+    assert_eq!(
+        (
+            on_staging["version"].as_i64(),
+            on_staging["restarts"].as_i64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert_eq!(predict(&client, staging), Ok(13.0));
+
     // A version that crashes on load is rolled back; staging keeps serving v2 throughout.
     let mark = up.line_count();
     project.write("params.yaml", "train:\n  offset: 20\n  crash: true\n");
@@ -493,4 +524,34 @@ fn deploy_commands_refuse_what_does_not_exist() {
     for (args, message) in cases {
         crate::common::assert_refused(&project, args, message);
     }
+}
+
+#[test]
+fn a_version_that_crash_loops_after_its_rollout_is_rolled_back() {
+    let (staging, production) = (free_port(), free_port());
+    let project = repository(&kiln_yaml(staging, production, ""));
+    let mut up = Up::start(&project, &["--poll", "200ms"]);
+    let minute = Duration::from_secs(60);
+    up.wait_for("`m` v1 serves `staging`", 0, minute);
+
+    // v2 passes its smoke test, then takes its server down every few seconds.
+    let mark = up.line_count();
+    project.write("params.yaml", "train:\n  offset: 10\n  die_after: 3\n");
+    commit(&project, "a model that dies when served");
+    up.wait_for("`m` v2 serves `staging`", mark, minute);
+    let rolled = up.wait_for("rolled `m@staging` back from v2 to v1", mark, minute);
+    assert!(
+        up.output()
+            .contains("crashed 3 times within a minute of its rollout")
+    );
+    up.wait_for("`m` v1 serves `staging`", rolled, minute);
+    assert_eq!(predict(&reqwest::blocking::Client::new(), staging), Ok(3.0));
+    let history = project.kiln(&["models", "history", "m", "--alias", "staging", "--json"]);
+    let history: Value = serde_json::from_str(&stdout(&history)).unwrap();
+    let last = history.as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (last["command"].as_str(), last["to_version"].as_i64()),
+        (Some("rollback"), Some(1))
+    );
+    assert!(up.interrupt().success());
 }
