@@ -125,12 +125,20 @@ impl Checkout {
             &repo.root,
             &["worktree", "add", "--detach", "--quiet", &path, &commit.sha],
         )?;
-        Ok(Checkout {
+        let checkout = Checkout {
             project_root: worktree.join(&repo.subdir),
             worktree,
             commit: commit.clone(),
             repo_root: repo.root.clone(),
-        })
+        };
+        if !checkout.project_root.is_dir() {
+            // Dropped: the worktree goes.
+            return Err(Error::ProjectNotInCommit {
+                folder: repo.subdir.clone(),
+                commit: commit.short().to_string(),
+            });
+        }
+        Ok(checkout)
     }
 }
 

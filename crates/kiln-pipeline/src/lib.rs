@@ -163,6 +163,8 @@ pub enum Error {
     GitFailed { command: String, detail: String },
     #[error("`{sha}` is not a full commit id")]
     NotACommitId { sha: String },
+    #[error("commit `{commit}` has no folder `{}`: the project is not in it", folder.display())]
+    ProjectNotInCommit { folder: PathBuf, commit: String },
     #[error("HEAD is not on a branch (detached at `{commit}`): there is no branch to watch")]
     DetachedHead { commit: String },
     #[error("`{branch}` is not a valid branch name")]

@@ -275,6 +275,22 @@ fn a_commit_the_repository_lacks_is_an_error_and_leaves_nothing() {
         Checkout::create(&repo, &state_dir, &not_an_id),
         Err(Error::NotACommitId { .. })
     ));
+    // A commit from before the project's folder existed.
+    std::fs::write(dir.path().join("README"), "moved\n").unwrap();
+    git(dir.path(), &["mv", "proj", "project"]);
+    git(dir.path(), &["commit", "-qam", "rename"]);
+    let moved = find_repo(&dir.path().join("project")).unwrap().unwrap();
+    let state_dir = dir.path().join("project/.kiln");
+    let before = commit_of(dir.path(), "HEAD~1");
+    let error = Checkout::create(&moved, &state_dir, &before).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "commit `{}` has no folder `project`: the project is not in it",
+            &before.sha[..12]
+        )
+    );
+    assert!(!state_dir.join("worktrees").join(&before.sha[..12]).exists());
     assert_eq!(worktrees(dir.path()), 1);
 }
 
