@@ -25,7 +25,8 @@ const CANCEL_CHECK: Duration = Duration::from_millis(50);
 /// What to watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchSource {
-    /// A local branch: the one HEAD is on when the watch starts, or the one named.
+    /// A local branch: the one HEAD is on when the watch starts (switching branches later does
+    /// not change what is watched), or the one named.
     Local { branch: Option<String> },
     /// A branch of a remote, fetched at every poll.
     Remote { remote: String, branch: String },
