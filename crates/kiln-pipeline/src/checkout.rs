@@ -100,7 +100,9 @@ impl Checkout {
     /// process left there, and removing the worktrees of other commits that killed processes
     /// left (a live checkout holds the lock `<sha12>.lock` beside its folder).
     pub fn create(repo: &Repo, state_dir: &Path, commit: &Commit) -> Result<Checkout, Error> {
-        if commit.sha.len() < 12 || !commit.sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // SHA-1 or SHA-256, in full: the folder is named by it, and a short id may be ambiguous.
+        let full = matches!(commit.sha.len(), 40 | 64);
+        if !full || !commit.sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::NotACommitId {
                 sha: commit.sha.clone(),
             });

@@ -65,7 +65,7 @@ impl BranchWatch {
                     None => {
                         let commit = repository
                             .head_id()
-                            .map(|id| id.to_string())
+                            .map(|id| id.to_hex_with_len(12).to_string())
                             .unwrap_or_default();
                         return Err(Error::DetachedHead { commit });
                     }

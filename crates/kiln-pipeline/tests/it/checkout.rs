@@ -363,6 +363,12 @@ fn a_commit_the_repository_lacks_is_an_error_and_leaves_nothing() {
         Checkout::create(&repo, &state_dir, &not_an_id),
         Err(Error::NotACommitId { .. })
     ));
+    let short = Commit {
+        sha: missing.sha[..12].to_string(),
+        subject: String::new(),
+    };
+    let error = Checkout::create(&repo, &state_dir, &short).unwrap_err();
+    assert_eq!(error.to_string(), "`0123456789ab` is not a full commit id");
     // A commit from before the project's folder existed.
     std::fs::write(dir.path().join("README"), "moved\n").unwrap();
     git(dir.path(), &["mv", "proj", "project"]);
