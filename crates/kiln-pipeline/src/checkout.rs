@@ -91,13 +91,18 @@ pub struct Checkout {
     pub project_root: PathBuf,
     /// The user's work tree, which the worktree was added to.
     repo_root: PathBuf,
+    /// Held while the checkout lives, so that another process's create leaves it alone.
+    lock: std::fs::File,
 }
 
 impl Checkout {
     /// Checks `commit` out into `<state_dir>/worktrees/<sha12>`, replacing what a killed
-    /// process left there.
+    /// process left there, and removing the worktrees of other commits that killed processes
+    /// left (a live checkout holds the lock `<sha12>.lock` beside its folder).
     pub fn create(repo: &Repo, state_dir: &Path, commit: &Commit) -> Result<Checkout, Error> {
-        if commit.sha.len() < 12 || !commit.sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // SHA-1 or SHA-256, in full: the folder is named by it, and a short id may be ambiguous.
+        let full = matches!(commit.sha.len(), 40 | 64);
+        if !full || !commit.sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::NotACommitId {
                 sha: commit.sha.clone(),
             });
@@ -110,6 +115,12 @@ impl Checkout {
         std::fs::create_dir_all(&worktrees)
             .map_err(|source| Error::io("create", &worktrees, source))?;
         let worktree = worktrees.join(commit.short());
+        let Some(lock) = try_lock(&worktree)? else {
+            return Err(Error::CheckoutBusy {
+                commit: commit.short().to_string(),
+            });
+        };
+        remove_stale(&repo.root, &worktrees, &worktree);
         if worktree.symlink_metadata().is_ok() {
             remove_worktree(&repo.root, &worktree);
             if worktree.symlink_metadata().is_ok() {
@@ -117,20 +128,37 @@ impl Checkout {
                     .map_err(|source| Error::io("remove", &worktree, source))?;
             }
         }
-        // A worktree whose folder is gone is still registered until pruned, and `git worktree
-        // add` refuses its path.
-        let _ = git_output(&repo.root, &["worktree", "prune"]);
         let path = worktree.to_string_lossy();
+        // Forced twice: the path may still be registered (its folder deleted by hand, and the
+        // registration even locked); only Kiln puts worktrees there.
         git_checked(
             &repo.root,
-            &["worktree", "add", "--detach", "--quiet", &path, &commit.sha],
+            &[
+                "worktree",
+                "add",
+                "--force",
+                "--force",
+                "--detach",
+                "--quiet",
+                &path,
+                &commit.sha,
+            ],
         )?;
-        Ok(Checkout {
+        let checkout = Checkout {
             project_root: worktree.join(&repo.subdir),
             worktree,
             commit: commit.clone(),
             repo_root: repo.root.clone(),
-        })
+            lock,
+        };
+        if !checkout.project_root.is_dir() {
+            // Dropped: the worktree goes.
+            return Err(Error::ProjectNotInCommit {
+                folder: repo.subdir.clone(),
+                commit: commit.short().to_string(),
+            });
+        }
+        Ok(checkout)
     }
 }
 
@@ -140,12 +168,75 @@ impl Drop for Checkout {
         if self.worktree.symlink_metadata().is_ok() {
             let _ = std::fs::remove_dir_all(&self.worktree);
         }
-        let _ = git_output(&self.repo_root, &["worktree", "prune"]);
+        let _ = std::fs::remove_file(lock_path(&self.worktree));
+        let _ = self.lock.unlock();
+    }
+}
+
+fn lock_path(worktree: &Path) -> PathBuf {
+    worktree.with_extension("lock")
+}
+
+/// The lock of the worktree at `worktree`, when no live process holds it; released when the
+/// file is dropped or its process dies.
+fn try_lock(worktree: &Path) -> Result<Option<std::fs::File>, Error> {
+    let path = lock_path(worktree);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::io("open", &path, source))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(source)) => Err(Error::io("lock", &path, source)),
+    }
+}
+
+/// Removes the worktrees under `worktrees` (folders, and registrations whose folder is gone)
+/// that no live checkout holds, except `ours`. Only Kiln's own worktrees are looked at: `git
+/// worktree prune` would also drop the user's worktrees on a disk not mounted now.
+fn remove_stale(repo_root: &Path, worktrees: &Path, ours: &Path) {
+    let mut stale: Vec<PathBuf> = std::fs::read_dir(worktrees)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|entry| entry.path())
+        .collect();
+    let real = worktrees
+        .canonicalize()
+        .unwrap_or_else(|_| worktrees.to_path_buf());
+    if let Ok(output) = git_output(repo_root, &["worktree", "list", "--porcelain"]) {
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let Some(path) = line.strip_prefix("worktree ") else {
+                continue;
+            };
+            let path = Path::new(path);
+            if let Some(name) = path.file_name()
+                && (path.parent() == Some(worktrees) || path.parent() == Some(real.as_path()))
+            {
+                let path = worktrees.join(name);
+                if !stale.contains(&path) {
+                    stale.push(path);
+                }
+            }
+        }
+    }
+    for worktree in stale.iter().filter(|path| path.as_path() != ours) {
+        if let Ok(Some(_lock)) = try_lock(worktree) {
+            remove_worktree(repo_root, worktree);
+            if worktree.symlink_metadata().is_ok() {
+                let _ = std::fs::remove_dir_all(worktree);
+            }
+            let _ = std::fs::remove_file(lock_path(worktree));
+        }
     }
 }
 
 /// `git worktree remove`, twice forced: the worktree holds the run's outs (untracked) and may
-/// have been locked. Failures are left to the next prune.
+/// have been locked. It also drops the registration of a worktree whose folder is gone.
 fn remove_worktree(repo_root: &Path, worktree: &Path) {
     let path = worktree.to_string_lossy();
     let _ = git_output(

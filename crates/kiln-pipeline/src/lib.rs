@@ -163,6 +163,10 @@ pub enum Error {
     GitFailed { command: String, detail: String },
     #[error("`{sha}` is not a full commit id")]
     NotACommitId { sha: String },
+    #[error("commit `{commit}` has no folder `{}`: the project is not in it", folder.display())]
+    ProjectNotInCommit { folder: PathBuf, commit: String },
+    #[error("another Kiln process is running commit `{commit}` in a checkout")]
+    CheckoutBusy { commit: String },
     #[error("HEAD is not on a branch (detached at `{commit}`): there is no branch to watch")]
     DetachedHead { commit: String },
     #[error("`{branch}` is not a valid branch name")]
@@ -236,6 +240,9 @@ impl Error {
                 Some("run `kiln run --force` to store the outs again".into())
             }
             Error::Store(error) => error.hint(),
+            Error::CheckoutBusy { .. } => {
+                Some("wait for it to finish, or stop it (Ctrl-C) before starting another".into())
+            }
             Error::GitSpawn { .. } => Some("install git and put it on `PATH`".into()),
             Error::DetachedHead { .. } => {
                 Some("check out a branch, or name the branch to watch".into())

@@ -219,6 +219,27 @@ fn a_commit_runs_in_a_clean_checkout_sharing_the_projects_cache() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// What a process killed while it ran leaves: a registered worktree with outs and edits in it
+/// (its lock died with it).
+fn leave_stale_worktree(repo: &Path, state_dir: &Path, commit: &Commit) -> PathBuf {
+    let worktree = state_dir.join("worktrees").join(&commit.sha[..12]);
+    git(
+        repo,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "--detach",
+            worktree.to_str().unwrap(),
+            &commit.sha,
+        ],
+    );
+    std::fs::write(worktree.join("proj/a.out"), "left over\n").unwrap();
+    std::fs::write(worktree.join("proj/a.txt"), "edited\n").unwrap();
+    std::fs::write(worktree.with_extension("lock"), "").unwrap();
+    worktree
+}
+
 #[test]
 fn a_stale_worktree_left_by_a_killed_process_is_replaced() {
     let (dir, project) = repository();
@@ -226,13 +247,7 @@ fn a_stale_worktree_left_by_a_killed_process_is_replaced() {
     let repo = find_repo(&project).unwrap().unwrap();
     let commit = commit_of(dir.path(), "HEAD");
 
-    // A process killed while it ran: its worktree stays, registered, with outs in it.
-    let killed = Checkout::create(&repo, &state_dir, &commit).unwrap();
-    std::fs::write(killed.project_root.join("a.out"), "left over\n").unwrap();
-    std::fs::write(killed.project_root.join("a.txt"), "edited\n").unwrap();
-    let worktree = killed.worktree.clone();
-    std::mem::forget(killed);
-
+    let worktree = leave_stale_worktree(dir.path(), &state_dir, &commit);
     let checkout = Checkout::create(&repo, &state_dir, &commit).unwrap();
     assert_eq!(checkout.worktree, worktree);
     assert!(!checkout.project_root.join("a.out").exists());
@@ -241,16 +256,89 @@ fn a_stale_worktree_left_by_a_killed_process_is_replaced() {
         "a 1\n"
     );
     assert_eq!(worktrees(dir.path()), 2);
+    // A live checkout of the commit is not replaced.
+    let error = Checkout::create(&repo, &state_dir, &commit).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "another Kiln process is running commit `{}` in a checkout",
+            &commit.sha[..12]
+        )
+    );
+    assert!(checkout.project_root.join("kiln.yaml").exists());
     drop(checkout);
     assert_eq!(worktrees(dir.path()), 1);
+    assert!(!worktree.with_extension("lock").exists());
 
-    // A folder git does not know (its registration pruned, or never made).
+    // A folder git does not know, and a registration whose folder was deleted.
     std::fs::create_dir_all(worktree.join("junk")).unwrap();
     let checkout = Checkout::create(&repo, &state_dir, &commit).unwrap();
     assert!(!checkout.worktree.join("junk").exists());
     assert!(checkout.project_root.join("kiln.yaml").exists());
     drop(checkout);
+    let gone = leave_stale_worktree(dir.path(), &state_dir, &commit);
+    std::fs::remove_dir_all(&gone).unwrap();
+    let checkout = Checkout::create(&repo, &state_dir, &commit).unwrap();
+    assert!(checkout.project_root.join("kiln.yaml").exists());
+    drop(checkout);
     assert!(!worktree.exists());
+    assert_eq!(worktrees(dir.path()), 1);
+}
+
+#[test]
+fn the_worktrees_killed_processes_left_are_removed_and_live_ones_kept() {
+    let (dir, project) = repository();
+    let state_dir = project.join(".kiln");
+    let repo = find_repo(&project).unwrap().unwrap();
+    let first = commit_of(dir.path(), "HEAD");
+    for name in ["second", "third"] {
+        std::fs::write(project.join("c.txt"), format!("{name}\n")).unwrap();
+        git(dir.path(), &["commit", "-qam", name]);
+    }
+    let second = commit_of(dir.path(), "HEAD~1");
+    let third = commit_of(dir.path(), "HEAD");
+
+    let stale = leave_stale_worktree(dir.path(), &state_dir, &first);
+    let live = Checkout::create(&repo, &state_dir, &second).unwrap();
+    assert!(!stale.exists(), "a dead process's worktree was kept");
+    let other = Checkout::create(&repo, &state_dir, &third).unwrap();
+    assert!(
+        live.project_root.join("kiln.yaml").exists(),
+        "a live checkout was removed"
+    );
+    assert_eq!(worktrees(dir.path()), 3);
+    drop(live);
+    drop(other);
+    assert_eq!(worktrees(dir.path()), 1);
+    let left: Vec<_> = std::fs::read_dir(state_dir.join("worktrees"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn the_users_other_worktrees_are_left_alone() {
+    let (dir, project) = repository();
+    let state_dir = project.join(".kiln");
+    let repo = find_repo(&project).unwrap().unwrap();
+    let commit = commit_of(dir.path(), "HEAD");
+    // The user's own worktree, on a disk that is not mounted now: `git worktree prune` would
+    // forget it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let theirs = elsewhere.path().join("theirs");
+    git(
+        dir.path(),
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "--detach",
+            theirs.to_str().unwrap(),
+        ],
+    );
+    std::fs::rename(&theirs, elsewhere.path().join("unmounted")).unwrap();
+    drop(Checkout::create(&repo, &state_dir, &commit).unwrap());
+    assert_eq!(worktrees(dir.path()), 2);
 }
 
 #[test]
@@ -275,6 +363,28 @@ fn a_commit_the_repository_lacks_is_an_error_and_leaves_nothing() {
         Checkout::create(&repo, &state_dir, &not_an_id),
         Err(Error::NotACommitId { .. })
     ));
+    let short = Commit {
+        sha: missing.sha[..12].to_string(),
+        subject: String::new(),
+    };
+    let error = Checkout::create(&repo, &state_dir, &short).unwrap_err();
+    assert_eq!(error.to_string(), "`0123456789ab` is not a full commit id");
+    // A commit from before the project's folder existed.
+    std::fs::write(dir.path().join("README"), "moved\n").unwrap();
+    git(dir.path(), &["mv", "proj", "project"]);
+    git(dir.path(), &["commit", "-qam", "rename"]);
+    let moved = find_repo(&dir.path().join("project")).unwrap().unwrap();
+    let state_dir = dir.path().join("project/.kiln");
+    let before = commit_of(dir.path(), "HEAD~1");
+    let error = Checkout::create(&moved, &state_dir, &before).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "commit `{}` has no folder `project`: the project is not in it",
+            &before.sha[..12]
+        )
+    );
+    assert!(!state_dir.join("worktrees").join(&before.sha[..12]).exists());
     assert_eq!(worktrees(dir.path()), 1);
 }
 

@@ -114,6 +114,25 @@ fn a_named_local_branch_is_watched_while_head_is_elsewhere() {
         .unwrap()
         .unwrap();
     assert_eq!(seen.sha, released);
+
+    // The branch is deleted, then made again: a warning, once, and the watch goes on.
+    git(dir.path(), &["checkout", "-q", "main"]);
+    git(dir.path(), &["branch", "-q", "-D", "release"]);
+    let path = dir.path().to_path_buf();
+    let remaker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        git(&path, &["branch", "release", "main"]);
+        git(&path, &["rev-parse", "main"])
+    });
+    let mut warnings = Vec::new();
+    let seen = watch
+        .wait_for_change(&released, &cancel, &mut |w: &str| {
+            warnings.push(w.to_string())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.sha, remaker.join().unwrap());
+    assert_eq!(warnings, ["no branch `release` in this repository"]);
 }
 
 /// A bare repository as `origin` (a file path), the user's clone of it, and another clone

@@ -125,3 +125,21 @@ pub fn assert_refused(project: &TestProject, args: &[&str], message: &str) {
         stderr(&output)
     );
 }
+
+/// Copies the folder `from` into `to`, leaving out every file or folder named in `skip`.
+pub fn copy_tree(from: &Path, to: &Path, skip: &[&str]) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let name = entry.file_name();
+        if skip.iter().any(|skip| name == *skip) {
+            continue;
+        }
+        let target = to.join(&name);
+        if entry.file_type().expect("file type").is_dir() {
+            std::fs::create_dir_all(&target).expect("create dir");
+            copy_tree(&entry.path(), &target, skip);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}

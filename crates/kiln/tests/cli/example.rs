@@ -6,14 +6,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{kiln_command, outcomes, stderr};
+use crate::common::{copy_tree, kiln_command, outcomes, stderr};
 use crate::serve::{free_port, post, spawn_serve, terminate, wait_listening};
 
 #[test]
 fn the_iris_example_trains_checks_and_gates() {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/iris");
     let dir = tempfile::tempdir().unwrap();
-    copy_tree(&source, dir.path());
+    // What the pipeline writes is left behind, in case the example was run where it lies.
+    copy_tree(
+        &source,
+        dir.path(),
+        &[".kiln", "data", "model.onnx", "metrics.json", "__pycache__"],
+    );
 
     let first = kiln_command(dir.path())
         .args(["run", "--junit", "junit.xml"])
@@ -168,24 +173,4 @@ fn the_iris_example_trains_checks_and_gates() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(terminate(&mut server).success());
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if [".kiln", "data", "model.onnx", "metrics.json", "__pycache__"]
-            .iter()
-            .any(|skip| name == *skip)
-        {
-            continue;
-        }
-        let target = to.join(&name);
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

@@ -8,6 +8,7 @@ mod formats;
 mod init;
 mod lineage;
 mod models;
+mod monorepo;
 mod notify;
 mod registry;
 mod reliability;
