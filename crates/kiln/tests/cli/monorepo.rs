@@ -261,4 +261,74 @@ fn the_monorepo_example_trains_tests_registers_and_serves_both_models() {
 
     assert!(terminate(&mut churn_server.0).success());
     assert!(terminate(&mut price_server.0).success());
+
+    // `kiln up --once` on the repository (the unit test mended, the params as shipped): the
+    // head commit runs in a clean checkout, restoring every stage from the cache the runs above
+    // filled, and both models are served: churn on staging, price on staging and, by
+    // `approve: auto`, on production.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/monorepo");
+    std::fs::write(&test_file, &tests).unwrap();
+    std::fs::copy(
+        example.join("models/price/params.yaml"),
+        dir.path().join("models/price/params.yaml"),
+    )
+    .unwrap();
+    let kiln_yaml = std::fs::read_to_string(dir.path().join("kiln.yaml")).unwrap();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let kiln_yaml = ["8110", "8111", "8120", "8121"]
+        .iter()
+        .zip(&ports)
+        .fold(kiln_yaml, |text, (from, to)| {
+            text.replace(&format!("port: {from}"), &format!("port: {to}"))
+        });
+    std::fs::write(dir.path().join("kiln.yaml"), kiln_yaml).unwrap();
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=Kiln Test",
+            "-c",
+            "user.email=test@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "monorepo",
+        ],
+    ] {
+        let status = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+    let up = kiln_command(dir.path())
+        .args(["up", "--once"])
+        .output()
+        .unwrap();
+    let text = stderr(&up);
+    assert_eq!(up.status.code(), Some(0), "{text}");
+    assert!(
+        !stage_outcomes(&up).iter().any(|o| o.ends_with(": ran")),
+        "{text}"
+    );
+    for (model, environment, port) in [
+        ("churn", "staging", ports[0]),
+        ("price", "staging", ports[2]),
+        ("price", "production", ports[3]),
+    ] {
+        assert!(
+            text.contains(&format!(
+                "serves `{environment}` at http://127.0.0.1:{port}"
+            )) && text.contains(&format!("`{model}` v")),
+            "{model}@{environment}: {text}"
+        );
+    }
+    assert!(text.contains("promoted `price` v"), "{text}");
+    assert!(
+        text.contains("waits for approval: kiln promote churn --to production"),
+        "{text}"
+    );
+    assert_eq!(text.matches("answered a prediction").count(), 2, "{text}");
 }
