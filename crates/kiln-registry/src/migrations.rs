@@ -44,6 +44,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("0002_typed_rows"),
     migration!("0003_model_versions"),
     migration!("0004_imported_versions"),
+    migration!("0005_deploy_moves"),
 ];
 
 /// The schema version this Kiln writes.
@@ -305,9 +306,35 @@ mod tests {
             reason: None,
         };
         registry.move_alias("iris", "staging", 1, by).unwrap();
+        // A deploy (schema 5) moves an environment, and is told apart in the trail.
+        let deploy = MoveBy {
+            command: AliasCommand::Deploy,
+            run_id: Some(1),
+            reason: Some("rolled out"),
+        };
+        assert_eq!(
+            registry.move_alias("iris", "staging", 2, deploy).unwrap(),
+            Some(1)
+        );
         // The history goes on from its last id.
         let history = registry.alias_history("iris", None).unwrap();
         assert_eq!(history[moves].id, moves as i64 + 1);
+        let last = &history[moves + 1];
+        assert_eq!(last.id, moves as i64 + 2);
+        assert_eq!(
+            (
+                last.command,
+                last.from_version,
+                last.to_version,
+                last.run_id
+            ),
+            (AliasCommand::Deploy, Some(1), 2, Some(1))
+        );
+        // The rebuilt trail keeps its index, and rollbacks still walk it.
+        assert_eq!(
+            registry.rollback_alias("iris", "staging", None).unwrap(),
+            (2, 1)
+        );
     }
 
     fn check_version_4_rows(registry: &Registry) {
@@ -333,6 +360,12 @@ mod tests {
             backend
                 .execute(&rows_of_version(version))
                 .unwrap_or_else(|error| panic!("rows of version {version}: {error}"));
+            if version >= 3 {
+                // Before schema 5, the trail has no `deploy`. (With its id given, the refused
+                // row takes none from PostgreSQL's sequence.)
+                let deploy = "INSERT INTO alias_moves (id, model, alias, from_version, to_version, at_ms, command) VALUES (1000, 'iris', 'staging', NULL, 1, 1, 'deploy')";
+                assert!(backend.execute(deploy).is_err(), "version {version}");
+            }
 
             let mut registry = Registry::connect(&backend.location())
                 .unwrap_or_else(|error| panic!("migrating from version {version}: {error:?}"));
@@ -385,6 +418,42 @@ mod tests {
     #[test]
     fn postgres_migrates_from_every_earlier_version() {
         migrates_from_every_earlier_version(Backend::postgres);
+    }
+
+    /// Rebuilding `alias_moves` (SQLite's 0005) keeps its counter: an id once handed out is
+    /// not handed out again, even when its row is gone. PostgreSQL keeps its sequence anyway.
+    #[test]
+    fn the_rebuilt_alias_trail_keeps_its_counter() {
+        for backend in [Backend::sqlite(), Backend::postgres()] {
+            let db = database(&backend);
+            migrate_to(&db, 4).unwrap();
+            drop(db);
+            backend.execute(&rows_of_version(4)).unwrap();
+            backend
+                .execute(
+                    "INSERT INTO alias_moves (model, alias, from_version, to_version, at_ms, command) VALUES ('iris', 'x', NULL, 1, 9000, 'alias');
+                     DELETE FROM alias_moves WHERE alias = 'x';",
+                )
+                .unwrap();
+            let mut registry = Registry::connect(&backend.location()).unwrap();
+            let by = MoveBy {
+                command: AliasCommand::Deploy,
+                run_id: None,
+                reason: None,
+            };
+            registry.move_alias("iris", "staging", 1, by).unwrap();
+            let history = registry.alias_history("iris", None).unwrap();
+            assert_eq!(
+                history.iter().map(|m| m.id).collect::<Vec<_>>(),
+                [1, 2, 3, 4, 6]
+            );
+            // The index on (model, alias, id) is there again.
+            assert!(
+                backend
+                    .execute("CREATE INDEX alias_moves_by_alias ON alias_moves (model, alias, id)")
+                    .is_err()
+            );
+        }
     }
 
     /// Every dialect has every migration, and each file says what it is.

@@ -143,6 +143,45 @@ pub enum AliasCommand {
     Rollback,
     /// A version imported from another registry (`latest`).
     Import,
+    /// An environment rolled out to a version: `kiln deploy`, or Kiln's supervisor deploying a
+    /// new version or promoting it from the environment before.
+    Deploy,
+}
+
+impl AliasCommand {
+    pub const ALL: [AliasCommand; 6] = [
+        AliasCommand::Run,
+        AliasCommand::Alias,
+        AliasCommand::Promote,
+        AliasCommand::Rollback,
+        AliasCommand::Import,
+        AliasCommand::Deploy,
+    ];
+
+    /// The command's name: what the audit trail shows and the database holds.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AliasCommand::Run => "run",
+            AliasCommand::Alias => "alias",
+            AliasCommand::Promote => "promote",
+            AliasCommand::Rollback => "rollback",
+            AliasCommand::Import => "import",
+            AliasCommand::Deploy => "deploy",
+        }
+    }
+
+    /// The command named `name`, if any.
+    pub fn parse(name: &str) -> Option<AliasCommand> {
+        AliasCommand::ALL
+            .into_iter()
+            .find(|command| command.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for AliasCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One alias move of the audit trail.
@@ -850,6 +889,22 @@ fn move_alias_in(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The database holds a command's serde name: `as_str` and `parse` must agree with it.
+    #[test]
+    fn alias_commands_are_named_as_stored() {
+        for command in AliasCommand::ALL {
+            assert_eq!(name_of(&command), command.as_str());
+            assert_eq!(AliasCommand::parse(command.as_str()), Some(command));
+            assert_eq!(
+                crate::types::parse_name::<AliasCommand>(command.as_str()),
+                Some(command)
+            );
+        }
+        assert_eq!(AliasCommand::Deploy.to_string(), "deploy");
+        assert_eq!(AliasCommand::parse("Deploy"), None);
+        assert_eq!(AliasCommand::parse("undeploy"), None);
+    }
 
     fn lineage(run_id: RunId, accuracy: f64) -> Lineage {
         Lineage {

@@ -44,6 +44,7 @@ conformance!(
     lineage_round_trips_whole,
     aliases_move_roll_back_through_history_and_are_audited,
     an_imported_version_keeps_its_lineage_and_origin_once,
+    deploys_move_environments_and_are_audited,
     concurrent_registrations_get_distinct_gap_free_numbers,
     concurrent_opens_migrate_once,
     models_and_metrics_are_listed_in_byte_order,
@@ -632,6 +633,105 @@ fn an_imported_version_keeps_its_lineage_and_origin_once(backend: &Backend) {
         .unwrap();
     assert_eq!(next, Registered::New(2));
     assert_eq!(registry.model_version("iris", 2).unwrap().origin, None);
+}
+
+fn deploys_move_environments_and_are_audited(backend: &Backend) {
+    let mut registry = open(backend);
+    for n in 1..=2 {
+        let id = run(&mut registry);
+        registry
+            .register_version("iris", &digest(n), &lineage(id, 0.9))
+            .unwrap();
+    }
+    let deploy = |run_id, reason| MoveBy {
+        command: AliasCommand::Deploy,
+        run_id,
+        reason,
+    };
+    // A green run rolled out to staging by the supervisor, then `kiln deploy` by hand.
+    assert_eq!(
+        registry
+            .move_alias("iris", "staging", 2, deploy(Some(2), None))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        registry
+            .move_alias("iris", "staging", 1, deploy(None, Some("pinned")))
+            .unwrap(),
+        Some(2)
+    );
+    // Promoted from staging to production by the supervisor (`approve: auto`).
+    registry
+        .move_alias(
+            "iris",
+            "production",
+            1,
+            deploy(None, Some("promoted from staging")),
+        )
+        .unwrap();
+    // A deploy is undone like any move.
+    assert_eq!(
+        registry
+            .rollback_alias("iris", "staging", Some("crash-looped"))
+            .unwrap(),
+        (1, 2)
+    );
+    let staging = registry.alias_history("iris", Some("staging")).unwrap();
+    let moves: Vec<_> = staging
+        .iter()
+        .map(|m| {
+            (
+                m.from_version,
+                m.to_version,
+                m.command,
+                m.run_id,
+                m.reason.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (None, 2, AliasCommand::Deploy, Some(2), None),
+            (Some(2), 1, AliasCommand::Deploy, None, Some("pinned")),
+            (
+                Some(1),
+                2,
+                AliasCommand::Rollback,
+                None,
+                Some("crash-looped")
+            ),
+        ]
+    );
+    let production = registry.alias_history("iris", Some("production")).unwrap();
+    assert_eq!(production.len(), 1);
+    assert_eq!(production[0].command, AliasCommand::Deploy);
+    assert_eq!(
+        registry.aliases("iris").unwrap(),
+        BTreeMap::from([
+            ("latest".into(), 2),
+            ("production".into(), 1),
+            ("staging".into(), 2)
+        ])
+    );
+    // The database holds the command by its name: a row written with `deploy` by something
+    // else reads back as a deploy, and an unknown command is refused by the schema.
+    let row = |command: &str| {
+        format!(
+            "INSERT INTO alias_moves (model, alias, from_version, to_version, at_ms, command) \
+             VALUES ('iris', 'canary', NULL, 1, 1, '{command}')"
+        )
+    };
+    backend
+        .execute(&row(AliasCommand::Deploy.as_str()))
+        .unwrap();
+    assert!(backend.execute(&row("redeploy")).is_err());
+    let canary = registry.alias_history("iris", Some("canary")).unwrap();
+    assert_eq!(canary.len(), 1);
+    assert_eq!(canary[0].command, AliasCommand::Deploy);
+    let json = serde_json::to_value(&canary[0]).unwrap();
+    assert_eq!(json["command"], "deploy");
 }
 
 fn concurrent_registrations_get_distinct_gap_free_numbers(backend: &Backend) {

@@ -736,20 +736,13 @@ fn history(registry: &Registry, model: &str, alias: Option<&str>, json: bool) ->
         "RUN"
     );
     for shown in &moves {
-        let by = match shown.command {
-            AliasCommand::Run => "run",
-            AliasCommand::Alias => "alias",
-            AliasCommand::Promote => "promote",
-            AliasCommand::Rollback => "rollback",
-            AliasCommand::Import => "import",
-        };
         outln!(
             "{:<19}  {:<12} {:>5} {:>5}  {:<9} {:>5}  {}",
             when(shown.at_ms),
             shown.alias,
             named(shown.from_version),
             format!("v{}", shown.to_version),
-            by,
+            shown.command.as_str(),
             shown.run_id.map_or("-".to_string(), |id| id.to_string()),
             shown.reason.as_deref().unwrap_or("")
         );

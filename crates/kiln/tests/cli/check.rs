@@ -231,3 +231,11 @@ fn training_data_that_is_missing_or_not_csv() {
     std::fs::create_dir_all(project.path("models/m")).unwrap();
     insta::assert_snapshot!(check_fails(&project));
 }
+
+#[test]
+fn deploy_mistakes_are_located() {
+    let project = TestProject::new(
+        "models:\n  a:\n    stages:\n      t: {cmd: echo, outs: [a.onnx]}\n    artifact: a.onnx\n    deploy:\n      staging: {approve: auto, port: 8100}\n      v2: {auto: true}\n      production: {approve: manual, port: 8100}\n  b:\n    stages:\n      t: {cmd: echo}\n    deploy:\n      staging: {}\n",
+    );
+    insta::assert_snapshot!(check_fails(&project));
+}
