@@ -160,7 +160,7 @@ impl Controller {
         };
         if workspace.registry.alias_version(model, &first.name)? != Some(version) {
             let by = MoveBy {
-                command: AliasCommand::Alias,
+                command: AliasCommand::Deploy,
                 run_id: run,
                 reason: None,
             };

@@ -120,7 +120,7 @@ pub fn deploy(root: &Path, args: DeployArgs) -> Result<ExitCode> {
     let environment = environment(&project, &model, args.env.as_deref(), 0)?;
     let version = workspace.registry.resolve(&reference)?;
     let by = MoveBy {
-        command: AliasCommand::Alias,
+        command: AliasCommand::Deploy,
         run_id: None,
         reason: args.reason.as_deref(),
     };

@@ -86,6 +86,7 @@ impl CliError {
             }
             CliError::Registry(error)
             | CliError::Pipeline(kiln_pipeline::Error::Registry(error))
+            | CliError::Deploy(kiln_deploy::Error::Registry(error))
             | CliError::Deploy(kiln_deploy::Error::Pipeline(kiln_pipeline::Error::Registry(
                 error,
             ))) if names_a_wrong_version(error) => exit::INVALID,
@@ -121,6 +122,10 @@ fn names_a_wrong_input(error: &kiln_pipeline::Error) -> bool {
             | kiln_pipeline::Error::UndeclaredParam { .. }
             | kiln_pipeline::Error::UnknownModel { .. }
             | kiln_pipeline::Error::SetParam { .. }
+            | kiln_pipeline::Error::BranchNotFound { .. }
+            | kiln_pipeline::Error::RemoteNotFound { .. }
+            | kiln_pipeline::Error::BadBranchName { .. }
+            | kiln_pipeline::Error::DetachedHead { .. }
     ) || matches!(error, kiln_pipeline::Error::Transfer(error) if error.is_bad_input())
 }
 

@@ -273,7 +273,22 @@ impl Up {
             artifact_check: Some(Arc::new(kiln_deploy::ServableCheck::new())),
         };
         let progress = Progress::new(false);
-        let report = match kiln_pipeline::run(workspace, project, &options, &progress) {
+        let mut said_busy = false;
+        let report = loop {
+            match kiln_pipeline::run(workspace, project, &options, &progress) {
+                // Another run of the project (`kiln run` in the working tree) holds the lock:
+                // this one waits its turn.
+                Err(kiln_pipeline::Error::Busy) if !self.cancel.load(Ordering::SeqCst) => {
+                    if !said_busy {
+                        errln!("another run of this project is under way: waiting for it to end");
+                        said_busy = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                result => break result,
+            }
+        };
+        let report = match report {
             Ok(report) => report,
             Err(error) => {
                 for model in &project.models {

@@ -303,7 +303,11 @@ fn kiln_up_delivers_commits_supervises_and_rolls_back() {
     assert!(answered.load(Ordering::SeqCst) > 20);
 
     // Promotion to production, by hand (`approve: manual`), waits for the rollout.
-    let promoted = project.kiln(&["promote", "m", "--to", "production"]);
+    let promoted = crate::common::kiln_command(project.root())
+        .env("KILN_TEST_HOOK_SECRET", SECRET)
+        .args(["promote", "m", "--to", "production"])
+        .output()
+        .unwrap();
     assert_eq!(promoted.status.code(), Some(0), "{}", stderr(&promoted));
     assert!(
         stderr(&promoted).contains(&format!(
