@@ -626,7 +626,10 @@ fn build_env(
     let install = match installer {
         Installer::Uv => {
             let mut command = Command::new("uv");
-            command.args(["pip", "install", "--python"]);
+            // Compiled once here, the packages import fast in every stage and serving process,
+            // also where PYTHONDONTWRITEBYTECODE keeps Python from caching what it compiles
+            // (pip compiles by default; uv does not).
+            command.args(["pip", "install", "--compile-bytecode", "--python"]);
             command.arg(&env_python);
             command
         }
