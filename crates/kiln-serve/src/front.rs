@@ -50,6 +50,8 @@ struct Shared {
     hold: Duration,
     /// The backend new requests go to.
     current: watch::Sender<Option<Arc<Backend>>>,
+    /// Set while requests find the backend unreachable, so that the log says so once, not per request.
+    unreachable: AtomicBool,
 }
 
 /// One backend: its address and its own pool of keep-alive connections.
@@ -186,6 +188,7 @@ impl Front {
             addr: local,
             hold,
             current: watch::Sender::new(None),
+            unreachable: AtomicBool::new(false),
         });
         let (stop, stopped) = oneshot::channel();
         let server = runtime.spawn(serve(listener, Arc::clone(&shared), stopped));
