@@ -34,6 +34,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A listening front. Dropping it stops it at once; [`Front::shutdown`] lets requests finish.
+/// Its methods are meant for plain threads: from async code, stopping cannot wait for requests.
 pub struct Front {
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -236,6 +237,15 @@ impl Front {
         };
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(grace);
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Called from async code, which must not block (nor drop a runtime): stop at once.
+            tracing::warn!(
+                "front {}: stopped from async code, without waiting for requests",
+                self.addr
+            );
+            runtime.shutdown_background();
+            return;
         }
         if let Some(server) = self.server.take() {
             // The accept loop itself bounds its wait by `grace`; this bound is for a wedged runtime.

@@ -540,6 +540,19 @@ fn shutdown_lets_requests_in_flight_finish() {
 }
 
 #[test]
+fn a_front_dropped_in_async_code_stops_without_panicking() {
+    let front = front(HOLD);
+    let addr = front.local_addr();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move { drop(front) });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
 fn binding_a_port_in_use_says_which() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
