@@ -163,9 +163,10 @@ impl Front {
     /// Listens on `addr` (port 0 picks one) at once. With no backend set, requests wait up to
     /// `hold` for one, then get 503 (`no_version_serving`).
     pub fn bind(addr: SocketAddr, hold: Duration) -> Result<Front> {
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
+        // One worker: as fast as two under load on two cores (bench/front), and the supervisor
+        // runs a front per model and environment.
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
+            .worker_threads(1)
             .enable_all()
             .thread_name("kiln-front")
             .build()?;
