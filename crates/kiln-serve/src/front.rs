@@ -163,10 +163,11 @@ impl Front {
     /// Listens on `addr` (port 0 picks one) at once. With no backend set, requests wait up to
     /// `hold` for one, then get 503 (`no_version_serving`).
     pub fn bind(addr: SocketAddr, hold: Duration) -> Result<Front> {
-        // One worker: as fast as two under load on two cores (bench/front), and the supervisor
-        // runs a front per model and environment.
+        // Two workers at most: the supervisor runs a front per model and environment. One was
+        // a few per cent slower than two on two cores (bench/front), with a worse p99.
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(workers)
             .enable_all()
             .thread_name("kiln-front")
             .build()?;
