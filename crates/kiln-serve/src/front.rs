@@ -34,6 +34,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A listening front. Dropping it stops it at once; [`Front::shutdown`] lets requests finish.
+/// Its methods are meant for plain threads: from async code, stopping cannot wait for requests.
 pub struct Front {
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -50,6 +51,8 @@ struct Shared {
     hold: Duration,
     /// The backend new requests go to.
     current: watch::Sender<Option<Arc<Backend>>>,
+    /// Set while requests find the backend unreachable, so that the log says so once, not per request.
+    unreachable: AtomicBool,
 }
 
 /// One backend: its address and its own pool of keep-alive connections.
@@ -160,6 +163,8 @@ impl Front {
     /// Listens on `addr` (port 0 picks one) at once. With no backend set, requests wait up to
     /// `hold` for one, then get 503 (`no_version_serving`).
     pub fn bind(addr: SocketAddr, hold: Duration) -> Result<Front> {
+        // Two workers at most: the supervisor runs a front per model and environment. One was
+        // a few per cent slower than two on two cores (bench/front), with a worse p99.
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
@@ -186,6 +191,7 @@ impl Front {
             addr: local,
             hold,
             current: watch::Sender::new(None),
+            unreachable: AtomicBool::new(false),
         });
         let (stop, stopped) = oneshot::channel();
         let server = runtime.spawn(serve(listener, Arc::clone(&shared), stopped));
@@ -233,6 +239,15 @@ impl Front {
         };
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(grace);
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Called from async code, which must not block (nor drop a runtime): stop at once.
+            tracing::warn!(
+                "front {}: stopped from async code, without waiting for requests",
+                self.addr
+            );
+            runtime.shutdown_background();
+            return;
         }
         if let Some(server) = self.server.take() {
             // The accept loop itself bounds its wait by `grace`; this bound is for a wedged runtime.

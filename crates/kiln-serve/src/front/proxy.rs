@@ -8,6 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -105,7 +106,6 @@ pub(super) async fn forward(shared: &Shared, request: Request<Incoming>) -> Resp
     let deadline = Instant::now() + shared.hold;
     // Subscribed only once the request has to wait: most never do.
     let mut changes: Option<tokio::sync::watch::Receiver<Option<Arc<Backend>>>> = None;
-    let mut failures = 0u32;
     loop {
         let backend = match &mut changes {
             Some(changes) => changes.borrow_and_update().clone(),
@@ -139,9 +139,12 @@ pub(super) async fn forward(shared: &Shared, request: Request<Incoming>) -> Resp
         let request = backend_request(&parts.method, &backend, &path, &headers, body.clone());
         let error = match backend.client.request(request).await {
             Ok(response) => {
-                if failures > 0 {
+                // A load first: the common case writes nothing shared.
+                if shared.unreachable.load(Ordering::Relaxed)
+                    && shared.unreachable.swap(false, Ordering::Relaxed)
+                {
                     tracing::info!(
-                        "front {}: backend {} answered after {failures} failed attempt(s)",
+                        "front {}: backend {} answers again",
                         shared.addr,
                         backend.addr
                     );
@@ -163,8 +166,7 @@ pub(super) async fn forward(shared: &Shared, request: Request<Incoming>) -> Resp
                 "the serving process gave an invalid answer; the supervisor's log may say more",
             ));
         }
-        failures += 1;
-        if failures == 1 {
+        if !shared.unreachable.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "front {}: backend {} unreachable ({}), waiting up to {:?} for it",
                 shared.addr,

@@ -18,7 +18,7 @@ use kiln_serve::Front;
 use kiln_serve::front::{check_live, check_ready, predict_example};
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, client, config, fixtures};
+use crate::common::{TestServer, client, config, fixtures, server_log};
 
 const HOLD: Duration = Duration::from_secs(5);
 
@@ -256,8 +256,10 @@ fn switching_backends_under_load_fails_no_request() {
 
 #[test]
 fn requests_wait_for_a_killed_backend_to_be_replaced() {
+    server_log();
     let front = Arc::new(front(HOLD));
     let first = TestBackend::healthy("first");
+    let first_addr = first.addr;
     front.set_backend(Some(first.addr));
     // Warm the front's pool to the first backend, so that its connections die with it.
     let kept_alive = client();
@@ -298,6 +300,18 @@ fn requests_wait_for_a_killed_backend_to_be_replaced() {
     // The kept-alive client, whose connection to the front survived, is answered too.
     let response = kept_alive.post(url(&front, "/who")).send().unwrap();
     assert_eq!(response.text().unwrap(), "second");
+    // The outage is logged once, not per request.
+    let log = server_log();
+    let front_addr = front.local_addr();
+    let unreachable = format!("front {front_addr}: backend {first_addr} unreachable");
+    assert_eq!(log.matches(&unreachable).count(), 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "front {front_addr}: new requests go to {}",
+            second.addr
+        )),
+        "{log}"
+    );
 }
 
 #[test]
@@ -522,6 +536,19 @@ fn shutdown_lets_requests_in_flight_finish() {
     assert!(started.elapsed() >= Duration::from_millis(150));
     assert_eq!(slow.join().unwrap().unwrap(), "slow");
     // Not listening any more.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn a_front_dropped_in_async_code_stops_without_panicking() {
+    let front = front(HOLD);
+    let addr = front.local_addr();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move { drop(front) });
+    std::thread::sleep(Duration::from_millis(50));
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
 
