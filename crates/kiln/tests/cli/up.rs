@@ -507,6 +507,19 @@ fn kiln_up_once_serves_one_prediction_and_stops() {
     let listed = ps(&project);
     assert_eq!(listed["supervisor_running"], false);
     assert_eq!(deployment(&listed, "production")["health"], "stopped");
+
+    // The next `kiln up` starts what the aliases name before it looks at the branch: staging
+    // as before, and production as recorded.
+    let mut up = Up::start(&project, &[]);
+    let minute = Duration::from_secs(60);
+    let production_up = up.wait_for("`m` v1 serves `production`", 0, minute);
+    let head_seen = up.wait_for("commit ", 0, minute);
+    assert!(production_up < head_seen, "{}", up.output());
+    assert_eq!(
+        predict(&reqwest::blocking::Client::new(), production),
+        Ok(3.0)
+    );
+    assert!(up.interrupt().success());
 }
 
 #[test]
