@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::{oneshot, watch};
 
-pub use check::{check_live, check_ready, predict_example};
+pub use check::{check_live, check_ready, example_path, predict_example};
 
 use crate::error::{Error, Result};
 

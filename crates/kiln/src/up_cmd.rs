@@ -529,15 +529,7 @@ impl Up {
 
 /// The `curl` command that sends `example` to the environment.
 fn curl_line(status: &DeploymentStatus, model: &str, example: &serde_json::Value) -> String {
-    let path = if example.get("inputs").is_some_and(|inputs| {
-        inputs
-            .as_array()
-            .is_some_and(|list| list.iter().all(|i| i.get("datatype").is_some()))
-    }) {
-        format!("/v2/models/{model}/infer")
-    } else {
-        "/invocations".to_string()
-    };
+    let path = kiln_serve::front::example_path(model, example);
     let body = example.to_string().replace('\'', "'\\''");
     format!(
         "curl -s {}{path} -H 'Content-Type: application/json' -d '{body}'",

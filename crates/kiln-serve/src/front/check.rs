@@ -36,16 +36,22 @@ pub fn predict_example(
     example: &Value,
     timeout: Duration,
 ) -> Result<Duration, String> {
-    let path = if is_v2_request(example) {
-        format!("/v2/models/{model}/infer")
-    } else {
-        "/invocations".to_string()
-    };
+    let path = example_path(model, example);
     let body =
         serde_json::to_vec(example).map_err(|e| format!("cannot encode the example: {e}"))?;
     let started = Instant::now();
     expect_ok(backend, Method::POST, &path, Some(body), timeout)?;
     Ok(started.elapsed())
+}
+
+/// Where `example` goes: `/v2/models/{model}/infer` for an Open Inference Protocol v2 request,
+/// `/invocations` for an MLflow scoring body.
+pub fn example_path(model: &str, example: &Value) -> String {
+    if is_v2_request(example) {
+        format!("/v2/models/{model}/infer")
+    } else {
+        "/invocations".to_string()
+    }
 }
 
 /// Whether `example` is an Open Inference Protocol v2 request rather than an MLflow scoring body.
