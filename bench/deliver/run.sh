@@ -10,7 +10,7 @@
 #   bash bench/deliver/run.sh
 #
 # Knobs (environment): COMMITS (5), KILLS (10), MLFLOW_PYTHON (a python with mlflow; default:
-# the registry benchmark's venv when it exists), BENCH_OUT (target/bench-deliver).
+# the test venv's, which has it), BENCH_OUT (target/bench-deliver).
 # Needs: cargo, git, python3 (the test venv's, with scikit-learn, from `bash .ci/setup`).
 set -euo pipefail
 
@@ -22,8 +22,10 @@ export NO_COLOR=1
 cargo build --release -p kiln --manifest-path "$ROOT/Cargo.toml" >&2
 PYTHON=${KILN_TEST_PYTHON:-$ROOT/target/test-venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
-MLFLOW_PYTHON=${MLFLOW_PYTHON:-$ROOT/target/bench-registry/mlflow-venv/bin/python}
-[ -x "$MLFLOW_PYTHON" ] || MLFLOW_PYTHON=""
+if [ -z "${MLFLOW_PYTHON:-}" ] && "$PYTHON" -c "import mlflow" 2>/dev/null; then
+    MLFLOW_PYTHON=$PYTHON
+fi
+MLFLOW_PYTHON=${MLFLOW_PYTHON:-}
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores" >&2
 "$PYTHON" "$ROOT/bench/deliver/bench.py" \

@@ -96,6 +96,10 @@ impl Backend {
             .stdin(Stdio::piped())
             .stdout(stdout)
             .stderr(stderr);
+        // A process group of its own: Ctrl-C in the terminal stops the supervisor, which stops
+        // the server by closing its stdin, rather than reaching the server first (which would
+        // look like a crash to the supervisor).
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         if let Some(python) = &model.python {
             command.arg("--python").arg(python);
         }
