@@ -570,5 +570,30 @@ fn a_version_that_crash_loops_after_its_rollout_is_rolled_back() {
         (last["command"].as_str(), last["to_version"].as_i64()),
         (Some("rollback"), Some(1))
     );
-    assert!(up.interrupt().success());
+
+    // A SIGKILLed `kiln up` leaves no serving process behind: their stdin closes with it.
+    let pid = deployment(&ps(&project), "staging")["pid"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &up.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Command::new("kill")
+        .args(["-0", &pid])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "serving process {pid} outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
