@@ -5,7 +5,8 @@
 //! running supervisor rolls the change out. The rules are the target's business only in how:
 //! - a green run's new version goes to the first environment when it is `auto`;
 //! - a later environment with `approve: auto` is promoted to once the one before it serves the
-//!   version; with `approve: manual` it waits for `kiln promote`;
+//!   version (unless it held that version before and was rolled back from it); with
+//!   `approve: manual` it waits for `kiln promote`;
 //! - a rollout that fails (start, readiness, smoke test) moves the alias back to the version
 //!   still serving, and a version that crash-loops after its rollout is rolled back the same way.
 
@@ -212,8 +213,16 @@ impl Controller {
                             == Some(*v)
                     });
                     if let Some(upstream) = upstream.filter(|v| desired != Some(*v)) {
+                        // A version the environment held before and was moved away from (a
+                        // rollback, by hand or after a failed rollout) is not promoted again by
+                        // itself: that takes `kiln promote`.
+                        let held_before = workspace
+                            .registry
+                            .alias_history(name, Some(&environment.name))?
+                            .iter()
+                            .any(|moved| moved.to_version == upstream);
                         match environment.approve {
-                            Approve::Auto => {
+                            Approve::Auto if !held_before => {
                                 let by = MoveBy {
                                     command: AliasCommand::Promote,
                                     run_id: None,
@@ -239,7 +248,7 @@ impl Controller {
                                 });
                                 desired = Some(upstream);
                             }
-                            Approve::Manual => {
+                            Approve::Auto | Approve::Manual => {
                                 if self.announced.insert((
                                     name.clone(),
                                     environment.name.clone(),

@@ -597,3 +597,39 @@ fn a_version_that_crash_loops_after_its_rollout_is_rolled_back() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn approve_auto_promotes_new_versions_but_not_one_rolled_back() {
+    let (staging, production) = (free_port(), free_port());
+    let project =
+        repository(&kiln_yaml(staging, production, "").replace("approve: manual", "approve: auto"));
+    let mut up = Up::start(&project, &["--poll", "200ms"]);
+    let minute = Duration::from_secs(60);
+    up.wait_for("promoted `m` v1 from `staging` to `production`", 0, minute);
+    up.wait_for("`m` v1 serves `production`", 0, minute);
+    let mark = up.line_count();
+    project.write("params.yaml", "train:\n  offset: 10\n");
+    commit(&project, "offset 10");
+    up.wait_for("`m` v2 serves `production`", mark, minute);
+
+    // Rolled back by hand, production stays on v1 although staging serves v2.
+    let rolled = project.kiln(&[
+        "rollback",
+        "m",
+        "--env",
+        "production",
+        "--reason",
+        "latency",
+    ]);
+    assert_eq!(rolled.status.code(), Some(0), "{}", stderr(&rolled));
+    let client = reqwest::blocking::Client::new();
+    assert_eq!(predict(&client, production), Ok(3.0));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(predict(&client, production), Ok(3.0), "{}", up.output());
+    assert_eq!(predict(&client, staging), Ok(13.0));
+    assert!(
+        up.output()
+            .contains("`production` waits for approval: kiln promote m --to production")
+    );
+    assert!(up.interrupt().success());
+}
