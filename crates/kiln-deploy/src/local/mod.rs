@@ -178,9 +178,11 @@ impl Target for LocalTarget {
             old.stop(STOP_GRACE);
         }
         self.inner.write_state();
-        Ok(slot
-            .status(self.kind())
-            .expect("the environment serves the release just rolled out"))
+        // `None` only when the target was stopped meanwhile (Ctrl-C during the rollout).
+        slot.status(self.kind()).ok_or_else(|| RolloutError {
+            message: "the environment was stopped during its rollout".into(),
+            log_tail: None,
+        })
     }
 
     fn status(&self) -> Vec<DeploymentStatus> {
