@@ -132,10 +132,6 @@ impl Controller {
         }
     }
 
-    pub fn target(&self) -> &dyn Target {
-        &*self.target
-    }
-
     /// What serves now.
     pub fn status(&self) -> Vec<DeploymentStatus> {
         self.target.status()

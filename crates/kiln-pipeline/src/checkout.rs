@@ -181,17 +181,7 @@ fn lock_path(worktree: &Path) -> PathBuf {
 /// file is dropped or its process dies.
 fn try_lock(worktree: &Path) -> Result<Option<std::fs::File>, Error> {
     let path = lock_path(worktree);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| Error::io("open", &path, source))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(source)) => Err(Error::io("lock", &path, source)),
-    }
+    kiln_store::lock::try_lock(&path).map_err(|source| Error::io("lock", &path, source))
 }
 
 /// Removes the worktrees under `worktrees` (folders, and registrations whose folder is gone)

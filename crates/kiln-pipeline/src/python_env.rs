@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -496,12 +496,7 @@ fn build_once(
         fs::create_dir_all(parent).map_err(io_error("create", parent))?;
     }
     let lock_path = lock_path(root);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_error("open", &lock_path))?;
+    let lock = kiln_store::lock::open(&lock_path).map_err(io_error("open", &lock_path))?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {

@@ -86,17 +86,9 @@ impl Workspace {
     /// lock is released when the returned file is dropped, or when the process dies.
     pub fn lock_for_run(&self) -> Result<std::fs::File, Error> {
         let path = self.state_dir.join("run.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| Error::io("open", &path, source))?;
-        match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy),
-            Err(std::fs::TryLockError::Error(source)) => Err(Error::io("lock", &path, source)),
-        }
+        kiln_store::lock::try_lock(&path)
+            .map_err(|source| Error::io("lock", &path, source))?
+            .ok_or(Error::Busy)
     }
 
     /// Where the logs of a run go.

@@ -14,6 +14,7 @@ mod blobs;
 pub mod config;
 mod digest;
 mod error;
+pub mod lock;
 pub mod maintenance;
 pub mod paths;
 mod s3;

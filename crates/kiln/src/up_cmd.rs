@@ -212,11 +212,8 @@ impl Up {
             (Some(repo), Some(watch), Some(seen)) => self.watch(repo, watch, seen),
             _ => self.serve_until_stopped(),
         }
-        Ok(exit::code(if self.cancel.load(Ordering::SeqCst) {
-            exit::SUCCESS
-        } else {
-            exit::STAGE_FAILED
-        }))
+        // Both loops end only on Ctrl-C (or SIGTERM): a requested stop.
+        Ok(exit::code(exit::SUCCESS))
     }
 
     /// Runs `commit` in a checkout of its own, then deploys what it registered.

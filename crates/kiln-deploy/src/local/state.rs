@@ -70,45 +70,31 @@ pub struct SupervisorLock {
 pub fn lock_supervisor(state_dir: &Path) -> Result<SupervisorLock, Error> {
     let dir = deploy_dir(state_dir);
     let path = dir.join("up.lock");
-    let io = |source| Error::Io {
-        action: "open",
+    let io = |action, source| Error::Io {
+        action,
         path: path.clone(),
         source,
     };
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => {
+    std::fs::create_dir_all(&dir).map_err(|source| io("create", source))?;
+    match kiln_store::lock::try_lock(&path).map_err(|source| io("lock", source))? {
+        Some(file) => {
             // The holder's pid, for the message another `kiln up` prints.
             let _ = std::fs::write(&path, std::process::id().to_string());
             Ok(SupervisorLock { _file: file })
         }
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::SupervisorRunning {
+        None => Err(Error::SupervisorRunning {
             pid: std::fs::read_to_string(&path)
                 .ok()
                 .and_then(|text| text.trim().parse().ok()),
-        }),
-        Err(std::fs::TryLockError::Error(source)) => Err(Error::Io {
-            action: "lock",
-            path,
-            source,
         }),
     }
 }
 
 /// True while a supervisor (`kiln up`) runs for the project.
 pub fn supervisor_running(state_dir: &Path) -> bool {
+    // Only looked at where a supervisor ran once: `kiln ps` creates nothing.
     let path = deploy_dir(state_dir).join("up.lock");
-    let Ok(file) = File::options().read(true).write(true).open(&path) else {
-        return false;
-    };
-    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    path.is_file() && matches!(kiln_store::lock::try_lock(&path), Ok(None))
 }
 
 #[cfg(test)]

@@ -29,6 +29,14 @@ fn watch(dir: &Path, source: WatchSource) -> Result<BranchWatch, Error> {
     BranchWatch::new(&find_repo(dir).unwrap().unwrap(), source, POLL)
 }
 
+/// Branch `main` of remote `origin`.
+fn origin_main() -> WatchSource {
+    WatchSource::Remote {
+        remote: "origin".into(),
+        branch: "main".into(),
+    }
+}
+
 fn no_warnings() -> impl FnMut(&str) {
     |warning: &str| panic!("unexpected warning: {warning}")
 }
@@ -161,14 +169,7 @@ fn remote_setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf)
 #[test]
 fn a_remote_branch_is_seen_through_fetch_and_outlives_a_failed_fetch() {
     let (dir, pusher, user) = remote_setup();
-    let mut watch = watch(
-        &user,
-        WatchSource::Remote {
-            remote: "origin".into(),
-            branch: "main".into(),
-        },
-    )
-    .unwrap();
+    let mut watch = watch(&user, origin_main()).unwrap();
     let first = watch.current().unwrap();
     assert_eq!(first.subject, "first");
 
@@ -217,14 +218,7 @@ fn a_remote_branch_is_seen_through_fetch_and_outlives_a_failed_fetch() {
 #[test]
 fn a_cancelled_watch_of_a_remote_returns_none() {
     let (_dir, _pusher, user) = remote_setup();
-    let mut watch = watch(
-        &user,
-        WatchSource::Remote {
-            remote: "origin".into(),
-            branch: "main".into(),
-        },
-    )
-    .unwrap();
+    let mut watch = watch(&user, origin_main()).unwrap();
     let current = watch.current().unwrap();
     let cancel = AtomicBool::new(true);
     assert_eq!(
@@ -304,14 +298,7 @@ fn a_branch_or_remote_that_does_not_exist_is_a_clear_error() {
 fn an_unreachable_remote_is_an_error_when_the_watch_starts() {
     let (dir, _pusher, user) = remote_setup();
     std::fs::remove_dir_all(dir.path().join("origin.git")).unwrap();
-    let error = watch(
-        &user,
-        WatchSource::Remote {
-            remote: "origin".into(),
-            branch: "main".into(),
-        },
-    )
-    .unwrap_err();
+    let error = watch(&user, origin_main()).unwrap_err();
     assert!(
         error
             .to_string()

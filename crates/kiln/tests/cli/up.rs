@@ -86,6 +86,15 @@ fn commit(project: &TestProject, message: &str) {
     git(project.root(), &["commit", "-q", "-m", message]);
 }
 
+/// `kill -SIGNAL PID`: true when the signal was delivered (`-0`: the process exists).
+fn signal(signal: &str, pid: &str) -> bool {
+    Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .unwrap()
+        .success()
+}
+
 /// A running `kiln up`: its stderr lines, collected as they come; killed when dropped.
 struct Up {
     child: Child,
@@ -155,11 +164,7 @@ impl Up {
     }
 
     fn interrupt(&mut self) -> std::process::ExitStatus {
-        let sent = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        assert!(signal("-INT", &self.child.id().to_string()));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -332,13 +337,7 @@ fn kiln_up_delivers_commits_supervises_and_rolls_back() {
     let pid = on_staging["pid"].as_u64().unwrap().to_string();
     let mark = up.line_count();
     let killed = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(signal("-KILL", &pid));
     assert_eq!(
         predict(&client, staging),
         Ok(13.0),
@@ -363,13 +362,7 @@ fn kiln_up_delivers_commits_supervises_and_rolls_back() {
     // and restarted on the same version.
     let pid = on_staging["pid"].as_u64().unwrap().to_string();
     let mark = up.line_count();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(signal("-STOP", &pid));
     up.wait_for("missed 3 health checks in a row", mark, minute);
     up.wait_for("`m` v2 in `staging` is back", mark, minute);
     let listed = ps(&project);
@@ -576,20 +569,9 @@ fn a_version_that_crash_loops_after_its_rollout_is_rolled_back() {
         .as_u64()
         .unwrap()
         .to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &up.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(signal("-KILL", &up.child.id().to_string()));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Command::new("kill")
-        .args(["-0", &pid])
-        .status()
-        .unwrap()
-        .success()
-    {
+    while signal("-0", &pid) {
         assert!(
             Instant::now() < deadline,
             "serving process {pid} outlived its supervisor"
