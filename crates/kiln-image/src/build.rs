@@ -1,0 +1,1 @@
+//! Building an image of a model version into an OCI image layout.
