@@ -36,7 +36,8 @@ pub enum Approve {
 pub enum TargetKind {
     /// Processes on this machine, kept up by Kiln's supervisor; the default.
     Local,
-    /// A Deployment in a Kubernetes cluster.
+    /// A Deployment in a Kubernetes cluster (`k8s` for short).
+    #[serde(alias = "k8s")]
     Kubernetes,
 }
 
@@ -49,6 +50,33 @@ pub struct EnvironmentSpec {
     pub target: Option<TargetKind>,
     /// Read wide, so that an out-of-range number gets its own message.
     pub port: Option<Spanned<i64>>,
+    /// The settings below apply to `target: kubernetes` only.
+    pub namespace: Option<Spanned<String>>,
+    pub replicas: Option<Spanned<i64>>,
+    pub autoscale: Option<Spanned<AutoscaleSpec>>,
+    pub resources: Option<Spanned<ResourcesSpec>>,
+    pub pull_secret: Option<Spanned<String>>,
+    pub rollout_timeout: Option<Spanned<String>>,
+}
+
+/// `autoscale:` of a Kubernetes environment, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleSpec {
+    pub min: Option<Spanned<i64>>,
+    pub max: Spanned<i64>,
+    /// Target average CPU utilisation, in percent of the requests.
+    pub cpu: Option<Spanned<i64>>,
+}
+
+/// `resources:` of a Kubernetes environment, as written: Kubernetes quantities.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSpec {
+    pub cpu: Option<Spanned<String>>,
+    pub memory: Option<Spanned<String>>,
+    pub cpu_limit: Option<Spanned<String>>,
+    pub memory_limit: Option<Spanned<String>>,
 }
 
 /// `deploy:` as written: environment name to its settings (`staging:` alone takes the defaults).
@@ -72,8 +100,67 @@ pub struct Environment {
     /// environment, where it is always [`Approve::Manual`].
     pub approve: Approve,
     pub target: TargetKind,
-    /// The port it serves on; `None` leaves the choice to Kiln.
+    /// The port it serves on (for Kubernetes, the Service's port); `None` leaves the choice to
+    /// Kiln (Kubernetes: 80).
     pub port: Option<u16>,
+    /// How it runs on Kubernetes; `Some` exactly when `target` is [`TargetKind::Kubernetes`].
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// A Kubernetes environment's settings, defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Kubernetes {
+    pub namespace: String,
+    /// Pods when there is no autoscaler; with one, the count it starts from.
+    pub replicas: u32,
+    pub autoscale: Option<Autoscale>,
+    pub resources: Resources,
+    /// The Secret the cluster pulls the image with (`imagePullSecrets`).
+    pub pull_secret: Option<String>,
+    /// How long a rollout may go without progress before it is rolled back.
+    pub rollout_timeout_secs: u64,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Kubernetes {
+            namespace: "default".into(),
+            replicas: 1,
+            autoscale: None,
+            resources: Resources::default(),
+            pull_secret: None,
+            rollout_timeout_secs: 120,
+        }
+    }
+}
+
+/// A HorizontalPodAutoscaler's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Autoscale {
+    pub min: u32,
+    pub max: u32,
+    /// Target average CPU utilisation, in percent of the CPU request.
+    pub cpu_percent: u32,
+}
+
+/// Requests and limits of the serving container, as Kubernetes quantities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    pub cpu: String,
+    pub memory: String,
+    pub cpu_limit: Option<String>,
+    pub memory_limit: Option<String>,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpu: "100m".into(),
+            memory: "256Mi".into(),
+            cpu_limit: None,
+            memory_limit: Some("1Gi".into()),
+        }
+    }
 }
 
 impl Deploy {
@@ -88,6 +175,7 @@ impl Deploy {
                     approve: Approve::Manual,
                     target: TargetKind::Local,
                     port: None,
+                    kubernetes: None,
                 },
                 Environment {
                     name: "production".into(),
@@ -95,6 +183,7 @@ impl Deploy {
                     approve: Approve::Manual,
                     target: TargetKind::Local,
                     port: None,
+                    kubernetes: None,
                 },
             ],
         }
@@ -233,6 +322,23 @@ pub(crate) fn read(
             }
             number
         });
+        let target = env.target.unwrap_or(TargetKind::Local);
+        let kubernetes = match target {
+            TargetKind::Kubernetes => Some(kubernetes(env, &mut error)),
+            TargetKind::Local => {
+                for (setting, span) in env.kubernetes_settings() {
+                    error(
+                        format!("`{setting}` applies only to `target: kubernetes`"),
+                        span,
+                        format!(
+                            "environment `{}` runs on this machine: add `target: kubernetes`, or remove `{setting}`",
+                            name.as_str()
+                        ),
+                    );
+                }
+                None
+            }
+        };
         environments.push(Environment {
             name: name.to_string(),
             auto: is_first && env.auto.as_ref().is_none_or(|auto| **auto),
@@ -240,11 +346,238 @@ pub(crate) fn read(
                 Some(approve) if !is_first => **approve,
                 _ => Approve::Manual,
             },
-            target: env.target.unwrap_or(TargetKind::Local),
+            target,
             port,
+            kubernetes,
         });
     }
     (Deploy { environments }, diagnostics)
+}
+
+impl EnvironmentSpec {
+    /// The Kubernetes-only settings written, with their places.
+    fn kubernetes_settings(&self) -> Vec<(&'static str, &Span)> {
+        let mut written = [
+            ("namespace", self.namespace.as_ref().map(|v| v.span())),
+            ("replicas", self.replicas.as_ref().map(|v| v.span())),
+            ("autoscale", self.autoscale.as_ref().map(|v| v.span())),
+            ("resources", self.resources.as_ref().map(|v| v.span())),
+            ("pull_secret", self.pull_secret.as_ref().map(|v| v.span())),
+            (
+                "rollout_timeout",
+                self.rollout_timeout.as_ref().map(|v| v.span()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(setting, span)| Some((setting, span?)))
+        .collect::<Vec<_>>();
+        // In the order they are written.
+        written.sort_by_key(|(_, span)| span.start().map(|at| (at.line(), at.column())));
+        written
+    }
+}
+
+/// Reports a bad value: what is wrong, where, and a hint.
+type Report<'a> = dyn FnMut(String, &Span, String) + 'a;
+
+/// The Kubernetes settings of `env`, defaults filled in; each bad value is reported and replaced
+/// by its default.
+fn kubernetes(env: &EnvironmentSpec, error: &mut Report) -> Kubernetes {
+    let defaults = Kubernetes::default();
+    let namespace =
+        kubernetes_name(&env.namespace, "namespace", error).unwrap_or(defaults.namespace);
+    let replicas = env
+        .replicas
+        .as_ref()
+        .and_then(|replicas| count(replicas, "`replicas`", 1, error))
+        .unwrap_or(defaults.replicas);
+    let autoscale = env
+        .autoscale
+        .as_ref()
+        .and_then(|autoscale| read_autoscale(autoscale, error));
+    let resources = match &env.resources {
+        Some(resources) => {
+            let fallback = Resources::default();
+            Resources {
+                cpu: quantity(&resources.cpu, true, error).unwrap_or(fallback.cpu),
+                memory: quantity(&resources.memory, false, error).unwrap_or(fallback.memory),
+                cpu_limit: quantity(&resources.cpu_limit, true, error),
+                memory_limit: quantity(&resources.memory_limit, false, error)
+                    .or(fallback.memory_limit),
+            }
+        }
+        None => defaults.resources,
+    };
+    let pull_secret = kubernetes_name(&env.pull_secret, "secret name", error);
+    let rollout_timeout_secs = env
+        .rollout_timeout
+        .as_ref()
+        .and_then(|timeout| match crate::parse_duration(timeout) {
+            Ok(duration) if duration.as_secs() > 0 => Some(duration.as_secs()),
+            Ok(_) => {
+                error(
+                    format!("`rollout_timeout` `{}` is under a second", timeout.as_str()),
+                    timeout.span(),
+                    "Kubernetes counts progress deadlines in seconds: write e.g. `120s` or `5m`"
+                        .into(),
+                );
+                None
+            }
+            Err(message) => {
+                error(message, timeout.span(), "write e.g. `120s` or `5m`".into());
+                None
+            }
+        })
+        .unwrap_or(defaults.rollout_timeout_secs);
+    Kubernetes {
+        namespace,
+        replicas,
+        autoscale,
+        resources,
+        pull_secret,
+        rollout_timeout_secs,
+    }
+}
+
+/// The most pods Kiln lets an environment ask for: a guard against a typo.
+const MAX_PODS: i64 = 1000;
+
+/// A count of pods (or a percentage) from `min` to [`MAX_PODS`].
+fn count(value: &Spanned<i64>, what: &str, min: i64, error: &mut Report) -> Option<u32> {
+    let number = **value;
+    if (min..=MAX_PODS).contains(&number) {
+        u32::try_from(number).ok()
+    } else {
+        error(
+            format!("{what} `{number}` is out of range"),
+            value.span(),
+            format!("write a whole number from {min} to {MAX_PODS}"),
+        );
+        None
+    }
+}
+
+fn read_autoscale(autoscale: &AutoscaleSpec, error: &mut Report) -> Option<Autoscale> {
+    let min = match &autoscale.min {
+        Some(min) => count(min, "`autoscale.min`", 1, error)?,
+        None => 1,
+    };
+    let max = count(&autoscale.max, "`autoscale.max`", 1, error)?;
+    let cpu_percent = match &autoscale.cpu {
+        Some(cpu) => count(cpu, "`autoscale.cpu`", 1, error)?,
+        None => 80,
+    };
+    if max < min {
+        error(
+            format!("`autoscale.max` ({max}) is below `autoscale.min` ({min})"),
+            autoscale.max.span(),
+            "the autoscaler keeps the pods between `min` and `max`: make `max` at least `min`"
+                .into(),
+        );
+        return None;
+    }
+    Some(Autoscale {
+        min,
+        max,
+        cpu_percent,
+    })
+}
+
+fn kubernetes_name(
+    value: &Option<Spanned<String>>,
+    what: &str,
+    error: &mut Report,
+) -> Option<String> {
+    let value = value.as_ref()?;
+    if dns_label(value) {
+        Some(value.to_string())
+    } else {
+        error(
+            format!("`{}` is not a valid {what}", value.as_str()),
+            value.span(),
+            "Kubernetes names are lowercase letters, digits and `-`, starting and ending with a letter or digit, at most 63 characters".into(),
+        );
+        None
+    }
+}
+
+fn quantity(value: &Option<Spanned<String>>, cpu: bool, error: &mut Report) -> Option<String> {
+    let value = value.as_ref()?;
+    if is_quantity(value, cpu) {
+        Some(value.to_string())
+    } else {
+        let example = if cpu {
+            "`500m` or `2`"
+        } else {
+            "`512Mi` or `2Gi`"
+        };
+        error(
+            format!("`{}` is not a Kubernetes quantity", value.as_str()),
+            value.span(),
+            format!("write a quantity such as {example}"),
+        );
+        None
+    }
+}
+
+/// Why `repository` cannot name a registry repository (`host[:port]/path`, no tag or digest),
+/// as a hint, if it cannot.
+pub(crate) fn check_repository(repository: &str) -> Result<(), String> {
+    let example = "write the registry host and the repository path, e.g. `registry.example.com/team/iris` or `127.0.0.1:5000/iris`";
+    if repository.contains("://") {
+        return Err(format!("leave out the scheme: {example}"));
+    }
+    let Some((host, path)) = repository.split_once('/') else {
+        return Err(example.into());
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    let path_ok = path.split('/').all(|part| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    });
+    if !host_ok {
+        Err(example.into())
+    } else if !path_ok {
+        Err("a repository path is lowercase letters, digits, `.`, `_` and `-`, parts separated by `/`, with no tag or digest (Kiln tags the images itself)".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// A Kubernetes DNS label (RFC 1123): what namespaces and most object names must be.
+fn dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// A Kubernetes quantity as Kiln accepts it: a decimal number with, for CPU, an optional `m`
+/// (millicores) and, for memory, an optional binary or decimal suffix.
+fn is_quantity(text: &str, cpu: bool) -> bool {
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(number_end);
+    let number_ok = !number.is_empty()
+        && !number.starts_with('.')
+        && !number.ends_with('.')
+        && number.matches('.').count() <= 1;
+    let suffixes: &[&str] = if cpu {
+        &["", "m"]
+    } else {
+        &["", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"]
+    };
+    number_ok && suffixes.contains(&suffix)
 }
 
 /// Each port is served by one environment of one model: a port given twice is reported where it
@@ -255,7 +588,14 @@ pub(crate) fn check_ports(file: &KilnFile, source: &SourceFile) -> Vec<Diagnosti
     for (model, spec) in &file.models {
         let environments = spec.deploy.iter().flat_map(|deploy| deploy.iter());
         for (env, settings) in environments {
-            let Some(port) = settings.as_ref().and_then(|s| s.port.as_ref()) else {
+            let local = settings
+                .as_ref()
+                .is_none_or(|s| s.target != Some(TargetKind::Kubernetes));
+            let Some(port) = settings
+                .as_ref()
+                .and_then(|s| s.port.as_ref())
+                .filter(|_| local)
+            else {
                 continue;
             };
             let Some(number) = port_number(port) else {
@@ -323,6 +663,7 @@ mod tests {
             approve,
             target: TargetKind::Local,
             port,
+            kubernetes: None,
         }
     }
 
@@ -360,13 +701,13 @@ mod tests {
     #[test]
     fn defaults_fill_what_an_environment_leaves_out() {
         let deploys = load(&model(
-            "    deploy:\n      dev:\n      qa: {auto: false}\n      canary: {approve: auto, target: kubernetes}\n      prod: {}\n",
+            "    image: {repository: registry.example.com/m}\n    deploy:\n      dev:\n      qa: {auto: false}\n      canary: {approve: auto, target: kubernetes}\n      prod: {}\n",
         ))
         .unwrap_err();
         // `auto` is refused on a later environment; the rest reads.
         assert_eq!(deploys.len(), 1, "{deploys:?}");
         let deploys = load(&model(
-            "    deploy:\n      dev:\n      canary: {approve: auto, target: kubernetes}\n      prod: {target: local}\n",
+            "    image: {repository: registry.example.com/m}\n    deploy:\n      dev:\n      canary: {approve: auto, target: kubernetes}\n      prod: {target: local}\n",
         ))
         .unwrap();
         let deploy = &deploys[0];
@@ -378,6 +719,7 @@ mod tests {
             deploy.environments[1],
             Environment {
                 target: TargetKind::Kubernetes,
+                kubernetes: Some(Kubernetes::default()),
                 ..environment("canary", false, Approve::Auto, None)
             }
         );
@@ -507,7 +849,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "7:17: unknown key `aut` (did you mean `auto`? expected one of: auto, approve, target, port) [aut]"
+                "7:17: unknown key `aut` (did you mean `auto`? expected one of: auto, approve, target, port, namespace, replicas, autoscale, resources, pull_secret, rollout_timeout) [aut]"
             ]
         );
         let problems = load(&model(
@@ -519,10 +861,10 @@ mod tests {
             problems[0].contains("sometimes") && problems[0].contains("manual"),
             "{problems:?}"
         );
-        let problems = load(&model("    deploy:\n      staging: {target: k8s}\n")).unwrap_err();
+        let problems = load(&model("    deploy:\n      staging: {target: docker}\n")).unwrap_err();
         assert_eq!(problems.len(), 1);
         assert!(
-            problems[0].contains("k8s") && problems[0].contains("kubernetes"),
+            problems[0].contains("docker") && problems[0].contains("kubernetes"),
             "{problems:?}"
         );
         let problems =
@@ -535,5 +877,116 @@ mod tests {
         let problems = load(&model("    deploy: [staging, production]\n")).unwrap_err();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].starts_with("6:13: wrong type"), "{problems:?}");
+    }
+
+    #[test]
+    fn kubernetes_environments_read_their_settings() {
+        let text = model(concat!(
+            "    image: {repository: 127.0.0.1:5000/team/m}\n",
+            "    deploy:\n",
+            "      staging:\n",
+            "      production:\n",
+            "        target: k8s\n",
+            "        namespace: ml-prod\n",
+            "        replicas: 3\n",
+            "        autoscale: {min: 2, max: 10, cpu: 50}\n",
+            "        resources: {cpu: 500m, memory: 512Mi, cpu_limit: '2', memory_limit: 2Gi}\n",
+            "        pull_secret: regcred\n",
+            "        rollout_timeout: 5m\n",
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kiln.yaml"), &text).unwrap();
+        let project = crate::load(dir.path()).unwrap();
+        let model = &project.models[0];
+        assert_eq!(
+            model.image_repository.as_deref(),
+            Some("127.0.0.1:5000/team/m")
+        );
+        let production = model.deploy.environment("production").unwrap();
+        assert_eq!(production.target, TargetKind::Kubernetes);
+        assert_eq!(
+            production.kubernetes,
+            Some(Kubernetes {
+                namespace: "ml-prod".into(),
+                replicas: 3,
+                autoscale: Some(Autoscale {
+                    min: 2,
+                    max: 10,
+                    cpu_percent: 50
+                }),
+                resources: Resources {
+                    cpu: "500m".into(),
+                    memory: "512Mi".into(),
+                    cpu_limit: Some("2".into()),
+                    memory_limit: Some("2Gi".into()),
+                },
+                pull_secret: Some("regcred".into()),
+                rollout_timeout_secs: 300,
+            })
+        );
+        assert_eq!(
+            model.deploy.environment("staging").unwrap().kubernetes,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_kubernetes_settings_are_located() {
+        let problems = load(&model(concat!(
+            "    image: {repository: 127.0.0.1:5000/m}\n",
+            "    deploy:\n",
+            "      live:\n",
+            "        target: kubernetes\n",
+            "        namespace: Prod_NS\n",
+            "        replicas: 0\n",
+            "        autoscale: {min: 4, max: 2}\n",
+            "        resources: {cpu: lots, memory: 1.5.2Gi}\n",
+            "        rollout_timeout: '10'\n",
+        )))
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "10:20: `Prod_NS` is not a valid namespace (Kubernetes names are lowercase letters, digits and `-`, starting and ending with a letter or digit, at most 63 characters) [Prod_NS]",
+                "11:19: `replicas` `0` is out of range (write a whole number from 1 to 1000) [0]",
+                "12:34: `autoscale.max` (2) is below `autoscale.min` (4) (the autoscaler keeps the pods between `min` and `max`: make `max` at least `min`) [2]",
+                "13:26: `lots` is not a Kubernetes quantity (write a quantity such as `500m` or `2`) [lots]",
+                "13:40: `1.5.2Gi` is not a Kubernetes quantity (write a quantity such as `512Mi` or `2Gi`) [1.5.2Gi]",
+                "14:26: `10` has no unit: write `10s` (write e.g. `120s` or `5m`) ['10']",
+            ]
+        );
+        let problems = load(&model(
+            "    deploy:\n      staging: {replicas: 2, namespace: ml}\n",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "7:27: `replicas` applies only to `target: kubernetes` (environment `staging` runs on this machine: add `target: kubernetes`, or remove `replicas`) [2]",
+                "7:41: `namespace` applies only to `target: kubernetes` (environment `staging` runs on this machine: add `target: kubernetes`, or remove `namespace`) [ml]",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_kubernetes_environment_needs_an_image_repository() {
+        let problems =
+            load(&model("    deploy:\n      staging: {target: kubernetes}\n")).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("7:7: environment `staging` of model `m` runs on Kubernetes, but the model has no `image.repository`"),
+            "{problems:?}"
+        );
+        let problems = load(&model(
+            "    image: {repository: 'https://registry.example.com/m'}\n",
+        ))
+        .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("leave out the scheme"), "{problems:?}");
+        let problems = load(&model(
+            "    image: {repository: registry.example.com/Team/m:v1}\n",
+        ))
+        .unwrap_err();
+        assert!(problems[0].contains("no tag or digest"), "{problems:?}");
     }
 }

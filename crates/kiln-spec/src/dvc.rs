@@ -262,6 +262,7 @@ impl Reader<'_> {
             training_data: None,
             gates: Vec::new(),
             deploy: crate::deploy::Deploy::default_for_model(),
+            image_repository: None,
         })
     }
 

@@ -6,6 +6,7 @@
 
 pub mod deploy;
 pub mod diagnostic;
+mod duration;
 pub mod edit;
 pub mod gate;
 pub mod init;
@@ -18,6 +19,7 @@ mod yaml;
 
 pub use deploy::{Approve, Deploy, Environment, TargetKind};
 pub use diagnostic::{Diagnostic, Location, SourceFile};
+pub use duration::parse_duration;
 pub use project::{
     DataCheck, Gate, Model, Project, ProjectFormat, PythonEnv, RelPath, Stage, StageId,
     StageLocations,

@@ -63,6 +63,8 @@ pub struct Model {
     pub gates: Vec<Gate>,
     /// Where its versions are deployed (`deploy:`, else [`Deploy::default_for_model`]).
     pub deploy: Deploy,
+    /// The registry repository its images are pushed to (`image.repository`).
+    pub image_repository: Option<String>,
 }
 
 /// A Python virtualenv built from a requirements file.

@@ -37,6 +37,17 @@ pub struct ModelSpec {
     /// The environments new versions go to, in promotion order (default: `staging`, then
     /// `production`).
     pub deploy: Option<crate::deploy::DeploySpec>,
+    /// How the model's OCI images are named and pushed.
+    pub image: Option<Spanned<ImageSpec>>,
+}
+
+/// `image:` of a model.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// The registry repository images are pushed to (`registry.example.com/team/iris`); what a
+    /// Kubernetes environment pulls from.
+    pub repository: Option<Spanned<String>>,
 }
 
 /// A Python virtualenv built from a requirements file.

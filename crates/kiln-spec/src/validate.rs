@@ -569,6 +569,50 @@ impl ModelReader<'_> {
             }
             None => Deploy::default_for_model(),
         };
+        let image_repository = spec
+            .image
+            .as_ref()
+            .and_then(|image| image.repository.as_ref())
+            .and_then(
+                |repository| match crate::deploy::check_repository(repository) {
+                    Ok(()) => Some(repository.to_string()),
+                    Err(hint) => {
+                        self.error(
+                            format!("`{}` is not a registry repository", repository.as_str()),
+                            repository.span(),
+                            Some(&hint),
+                        );
+                        None
+                    }
+                },
+            );
+        let repository_written = spec
+            .image
+            .as_ref()
+            .is_some_and(|image| image.repository.is_some());
+        if !repository_written {
+            let kubernetes = deploy
+                .environments
+                .iter()
+                .find(|env| env.kubernetes.is_some());
+            if let (Some(env), Some(deploy_spec)) = (kubernetes, &spec.deploy) {
+                let at = deploy_spec
+                    .keys()
+                    .find(|key| key.as_str() == env.name)
+                    .map(|key| *key.span());
+                if let Some(span) = at {
+                    self.error(
+                        format!(
+                            "environment `{}` of model `{}` runs on Kubernetes, but the model has no `image.repository`",
+                            env.name,
+                            name.as_str()
+                        ),
+                        &span,
+                        Some("the cluster pulls the model's image from a registry: add `image: {repository: registry.example.com/team/NAME}` to the model"),
+                    );
+                }
+            }
+        }
         Some(Model {
             name: name.to_string(),
             dir,
@@ -580,6 +624,7 @@ impl ModelReader<'_> {
             training_data,
             gates,
             deploy,
+            image_repository,
         })
     }
 
