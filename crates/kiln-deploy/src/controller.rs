@@ -88,9 +88,14 @@ pub enum Change {
     },
 }
 
-/// Drives one target towards the registry's aliases.
+/// Drives the targets towards the registry's aliases: each environment is rolled out on the
+/// target of its kind (`target:` in kiln.yaml).
 pub struct Controller {
-    target: Box<dyn Target>,
+    targets: Vec<Box<dyn Target>>,
+    /// Kinds of target that cannot be driven, with why (a cluster that cannot be reached): their
+    /// environments are reported once and not served. Kinds neither here nor in `targets` are
+    /// left alone (a `kiln deploy` to a Kubernetes environment drives only that target).
+    unavailable: BTreeMap<TargetKind, String>,
     ports: BTreeMap<(String, String), Option<u16>>,
     /// Rollouts that failed with nothing to fall back to: not retried until the alias moves.
     failed: BTreeSet<(String, String, Version)>,
@@ -125,16 +130,37 @@ impl Controller {
             }
         }
         Controller {
-            target,
+            targets: vec![target],
+            unavailable: BTreeMap::new(),
             ports,
             failed: BTreeSet::new(),
             announced: BTreeSet::new(),
         }
     }
 
-    /// What serves now.
+    /// Drives `target` too, for the environments of its kind.
+    pub fn with_target(mut self, target: Box<dyn Target>) -> Controller {
+        self.targets.push(target);
+        self
+    }
+
+    /// Reports the environments of `kind` as not served, saying `reason`, instead of leaving
+    /// them alone.
+    pub fn with_unavailable(mut self, kind: TargetKind, reason: impl Into<String>) -> Controller {
+        self.unavailable.insert(kind, reason.into());
+        self
+    }
+
+    /// What serves now, on every target.
     pub fn status(&self) -> Vec<DeploymentStatus> {
-        self.target.status()
+        self.targets.iter().flat_map(|t| t.status()).collect()
+    }
+
+    fn target(&self, kind: TargetKind) -> Option<&dyn Target> {
+        self.targets
+            .iter()
+            .find(|t| t.kind() == kind.as_str())
+            .map(|t| t.as_ref())
     }
 
     /// A green run made `version` of `model`: it goes to the model's first environment when
@@ -184,15 +210,16 @@ impl Controller {
             let environments = &model.deploy.environments;
             for (index, environment) in environments.iter().enumerate() {
                 let name = &model.name;
-                if environment.target == TargetKind::Kubernetes {
-                    if self
-                        .announced
-                        .insert((name.clone(), environment.name.clone(), 0))
-                    {
+                if self.target(environment.target).is_none() {
+                    let reason = self.unavailable.get(&environment.target);
+                    if let Some(reason) = reason.filter(|_| {
+                        self.announced
+                            .insert((name.clone(), environment.name.clone(), 0))
+                    }) {
                         on_change(Change::Unsupported {
                             model: name.clone(),
                             environment: environment.name.clone(),
-                            reason: "`target: kubernetes` is not supported by this build; the environment is not served".into(),
+                            reason: reason.clone(),
                         });
                     }
                     continue;
@@ -270,7 +297,7 @@ impl Controller {
                 self.roll_out(
                     workspace,
                     project,
-                    &environment.name,
+                    environment,
                     name,
                     version,
                     serving,
@@ -359,12 +386,13 @@ impl Controller {
 
     /// Stops every environment.
     pub fn stop(&self) {
-        self.target.stop_all();
+        for target in &self.targets {
+            target.stop_all();
+        }
     }
 
     fn serving(&self, model: &str, environment: &str) -> Option<Version> {
-        self.target
-            .status()
+        self.status()
             .into_iter()
             .find(|s| s.model == model && s.environment == environment)
             .map(|s| s.version)
@@ -375,12 +403,13 @@ impl Controller {
         &mut self,
         workspace: &mut Workspace,
         project: &Project,
-        environment: &str,
+        spec: &kiln_spec::Environment,
         model: &str,
         version: Version,
         serving: Option<Version>,
         on_change: &mut dyn FnMut(Change),
     ) -> Result<(), Error> {
+        let environment = spec.name.as_str();
         let started = Instant::now();
         on_change(Change::RollingOut {
             model: model.to_string(),
@@ -418,7 +447,13 @@ impl Controller {
                 .get(&(model.to_string(), environment.to_string()))
                 .copied()
                 .flatten();
-            self.target.roll_out(&release, port)
+            match self.target(spec.target) {
+                Some(target) => target.roll_out(&release, port),
+                None => Err(RolloutError {
+                    message: format!("no `{}` target to roll out on", spec.target.as_str()),
+                    log_tail: None,
+                }),
+            }
         });
         match outcome {
             Ok(status) => on_change(Change::Deployed {

@@ -31,7 +31,7 @@ pub enum Approve {
 }
 
 /// Where an environment's serving processes run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     /// Processes on this machine, kept up by Kiln's supervisor; the default.
@@ -39,6 +39,16 @@ pub enum TargetKind {
     /// A Deployment in a Kubernetes cluster (`k8s` for short).
     #[serde(alias = "k8s")]
     Kubernetes,
+}
+
+impl TargetKind {
+    /// As kiln.yaml writes it, and as a deployment's status names its target.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Local => "local",
+            TargetKind::Kubernetes => "kubernetes",
+        }
+    }
 }
 
 /// One environment as written.

@@ -110,7 +110,10 @@ pub fn up(global_root: &Path, args: UpArgs) -> Result<ExitCode> {
     let (events, target_events) = mpsc::channel();
     let kiln = std::env::current_exe()?;
     let target = LocalTarget::new(LocalOptions::new(kiln, state_dir.clone()), events);
-    let controller = Controller::new(Box::new(target), &project, args.port_base);
+    let controller = Controller::new(Box::new(target), &project, args.port_base).with_unavailable(
+        kiln_spec::TargetKind::Kubernetes,
+        "`target: kubernetes` is not supported by this build; the environment is not served",
+    );
     let notifier = notify::start(&project);
     let mut up = Up {
         root: project.root.clone(),
