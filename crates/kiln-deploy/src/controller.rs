@@ -184,10 +184,16 @@ impl Controller {
             let environments = &model.deploy.environments;
             for (index, environment) in environments.iter().enumerate() {
                 let name = &model.name;
-                if environment.target == TargetKind::Kubernetes {
-                    if self
-                        .announced
-                        .insert((name.clone(), environment.name.clone(), 0))
+                let kind = match environment.target {
+                    TargetKind::Local => "local",
+                    TargetKind::Kubernetes => "kubernetes",
+                };
+                // Each controller drives the environments of its own target's kind.
+                if kind != self.target.kind() {
+                    if environment.target == TargetKind::Kubernetes
+                        && self
+                            .announced
+                            .insert((name.clone(), environment.name.clone(), 0))
                     {
                         on_change(Change::Unsupported {
                             model: name.clone(),

@@ -34,7 +34,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{model}` in `{environment}` would be named `{name}` in Kubernetes, which is not a valid object name")]
+    #[error(
+        "`{model}` in `{environment}` would be named `{name}` in Kubernetes, which is not a valid object name"
+    )]
     KubernetesName {
         model: String,
         environment: String,
@@ -54,7 +56,9 @@ pub enum Error {
         path: Option<PathBuf>,
         message: String,
     },
-    #[error("the Kubernetes API server at `{server}` forbids `{verb}` on `{resource}` in namespace `{namespace}`: {message}")]
+    #[error(
+        "the Kubernetes API server at `{server}` forbids `{verb}` on `{resource}` in namespace `{namespace}`: {message}"
+    )]
     KubernetesForbidden {
         server: String,
         verb: &'static str,
@@ -62,7 +66,9 @@ pub enum Error {
         namespace: String,
         message: String,
     },
-    #[error("cannot reach the Kubernetes API server at `{server}` (to `{verb}` `{resource}` in namespace `{namespace}`): {message}")]
+    #[error(
+        "cannot reach the Kubernetes API server at `{server}` (to `{verb}` `{resource}` in namespace `{namespace}`): {message}"
+    )]
     KubernetesUnreachable {
         server: String,
         verb: &'static str,
@@ -77,7 +83,9 @@ pub enum Error {
         namespace: String,
         conflicts: Vec<crate::kubernetes::FieldConflict>,
     },
-    #[error("the Kubernetes API server refused `{verb}` on `{resource}` in namespace `{namespace}` ({code} {reason}): {message}")]
+    #[error(
+        "the Kubernetes API server refused `{verb}` on `{resource}` in namespace `{namespace}` ({code} {reason}): {message}"
+    )]
     KubernetesApi {
         verb: &'static str,
         resource: &'static str,

@@ -25,6 +25,4 @@ pub use local::{LocalOptions, LocalTarget};
 pub use runtime::{find_onnx_runtime, needs_onnx_runtime};
 pub use servable::ServableCheck;
 pub use serving::{ServedModel, prepare};
-pub use target::{
-    DeploymentStatus, Health, Release, Replicas, RolloutError, Target, TargetEvent,
-};
+pub use target::{DeploymentStatus, Health, Release, Replicas, RolloutError, Target, TargetEvent};

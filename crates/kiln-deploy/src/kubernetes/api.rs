@@ -125,15 +125,13 @@ impl Kube {
                     message: status.message.clone(),
                 }
             }
-            kube::Error::HyperError(_) | kube::Error::Service(_) => {
-                Error::KubernetesUnreachable {
-                    server: self.server.clone(),
-                    verb: call.verb,
-                    resource: call.resource,
-                    namespace: call.namespace.to_string(),
-                    message: chain(&error),
-                }
-            }
+            kube::Error::HyperError(_) | kube::Error::Service(_) => Error::KubernetesUnreachable {
+                server: self.server.clone(),
+                verb: call.verb,
+                resource: call.resource,
+                namespace: call.namespace.to_string(),
+                message: chain(&error),
+            },
             other => Error::KubernetesApi {
                 verb: call.verb,
                 resource: call.resource,
@@ -215,14 +213,8 @@ impl Kube {
     ) -> Result<Deployment, Error> {
         let namespace = manifests.namespace();
         let name = manifests.name();
-        self.apply::<Service>(
-            "services",
-            namespace,
-            name,
-            &manifests.service,
-            options,
-        )
-        .await?;
+        self.apply::<Service>("services", namespace, name, &manifests.service, options)
+            .await?;
         self.apply::<PodDisruptionBudget>(
             "poddisruptionbudgets.policy",
             namespace,
@@ -265,7 +257,11 @@ impl Kube {
     }
 
     /// The Deployment `name`, if it exists.
-    pub async fn deployment(&self, namespace: &str, name: &str) -> Result<Option<Deployment>, Error> {
+    pub async fn deployment(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Deployment>, Error> {
         self.api::<Deployment>(namespace)
             .get_opt(name)
             .await

@@ -10,8 +10,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-    MetricSpec, MetricTarget, ResourceMetricSource,
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
@@ -464,7 +464,9 @@ fn check_settings(workload: &Workload, settings: &KubernetesSettings) -> Result<
         {
             return Err(invalid(
                 field,
-                format!("`{value}` is not a Kubernetes quantity (e.g. `500m`, `1`, `256Mi`, `2Gi`)"),
+                format!(
+                    "`{value}` is not a Kubernetes quantity (e.g. `500m`, `1`, `256Mi`, `2Gi`)"
+                ),
             ));
         }
     }
@@ -508,12 +510,10 @@ fn is_quantity(text: &str) -> bool {
     let suffix_ok = matches!(
         suffix,
         "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
-    ) || suffix
-        .strip_prefix(['e', 'E'])
-        .is_some_and(|exponent| {
-            let exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
-            !exponent.is_empty() && exponent.chars().all(|c| c.is_ascii_digit())
-        });
+    ) || suffix.strip_prefix(['e', 'E']).is_some_and(|exponent| {
+        let exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+        !exponent.is_empty() && exponent.chars().all(|c| c.is_ascii_digit())
+    });
     number_ok && suffix_ok
 }
 
@@ -556,7 +556,10 @@ mod tests {
             object_name("iris", "production").unwrap(),
             "iris-production"
         );
-        assert_eq!(object_name("My_Model", "prod.eu").unwrap(), "my-model-prod-eu");
+        assert_eq!(
+            object_name("My_Model", "prod.eu").unwrap(),
+            "my-model-prod-eu"
+        );
         assert!(object_name("1model", "prod").is_err());
         assert!(object_name(&"m".repeat(60), "production").is_err());
     }

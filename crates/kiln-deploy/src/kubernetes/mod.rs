@@ -179,18 +179,21 @@ impl KubernetesTarget {
     pub fn remove(&self, model: &str, environment: &str) -> Result<(), Error> {
         let name = object_name(model, environment)?;
         let namespace = &self.settings(model, environment).namespace;
-        self.runtime.block_on(self.kube.delete_all(namespace, &name))
+        self.runtime
+            .block_on(self.kube.delete_all(namespace, &name))
     }
 
-    /// Kiln's Deployments in the namespaces of the configured environments, or why they could
-    /// not be listed.
+    /// Kiln's Deployments in the namespaces of the configured environments (`default` when none
+    /// is configured), or why they could not be listed.
     pub fn try_status(&self) -> Result<Vec<DeploymentStatus>, Error> {
-        let namespaces: BTreeSet<&str> = self
+        let mut namespaces: BTreeSet<&str> = self
             .environments
             .values()
-            .chain([&self.default_settings])
             .map(|settings| settings.namespace.as_str())
             .collect();
+        if namespaces.is_empty() {
+            namespaces.insert(&self.default_settings.namespace);
+        }
         let statuses = self.runtime.block_on(async {
             let mut statuses = Vec::new();
             for namespace in namespaces {
@@ -308,8 +311,13 @@ impl KubernetesTarget {
             Some(previous) => {
                 let back = previous.version().unwrap_or(0);
                 say(&format!("the rollout failed: re-applying v{back}"));
-                match self.restore(&previous, settings, &mut |line| say(line)).await {
-                    Ok(()) => message.push_str(&format!("; v{back} was re-applied and is available")),
+                match self
+                    .restore(&previous, settings, &mut |line| say(line))
+                    .await
+                {
+                    Ok(()) => {
+                        message.push_str(&format!("; v{back} was re-applied and is available"))
+                    }
                     Err(error) => message.push_str(&format!(
                         "; re-applying v{back} did not bring it back: {error}"
                     )),
@@ -319,9 +327,9 @@ impl KubernetesTarget {
                 say("the rollout failed and nothing served before: deleting its objects");
                 match self.kube.delete_all(&namespace, &name).await {
                     Ok(()) => message.push_str("; nothing served before, its objects were deleted"),
-                    Err(error) => message.push_str(&format!(
-                        "; deleting its objects failed too: {error}"
-                    )),
+                    Err(error) => {
+                        message.push_str(&format!("; deleting its objects failed too: {error}"))
+                    }
                 }
             }
         }
@@ -446,17 +454,17 @@ fn previous_of(deployment: &Deployment, version: i64) -> Option<Manifests> {
     if applied.as_ref().and_then(Manifests::version) == Some(version) {
         return before;
     }
-    let finished = deployment
-        .status
-        .as_ref()
-        .is_some_and(|status| {
-            status.observed_generation >= deployment.metadata.generation
-                && status.conditions.iter().flatten().any(|c| {
-                    c.type_ == "Progressing"
-                        && c.reason.as_deref() == Some("NewReplicaSetAvailable")
-                })
-        });
-    if finished { applied } else { before.or(applied) }
+    let finished = deployment.status.as_ref().is_some_and(|status| {
+        status.observed_generation >= deployment.metadata.generation
+            && status.conditions.iter().flatten().any(|c| {
+                c.type_ == "Progressing" && c.reason.as_deref() == Some("NewReplicaSetAvailable")
+            })
+    });
+    if finished {
+        applied
+    } else {
+        before.or(applied)
+    }
 }
 
 /// `manifests` with Kiln's annotations on the Deployment: the objects themselves (without

@@ -108,9 +108,7 @@ pub async fn wait(
             Ok(Ok(Some(event))) => event,
         };
         let deployment = match event {
-            watcher::Event::Apply(deployment) | watcher::Event::InitApply(deployment) => {
-                deployment
-            }
+            watcher::Event::Apply(deployment) | watcher::Event::InitApply(deployment) => deployment,
             watcher::Event::Delete(_) => {
                 return Err(RolloutFailure::Api(Error::KubernetesApi {
                     verb: "watch",
