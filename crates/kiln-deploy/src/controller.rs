@@ -432,15 +432,16 @@ impl Controller {
             log_tail: None,
         })
         .and_then(|served| {
-            let example = workspace
+            let lineage = workspace
                 .registry
                 .model_version(model, version)
                 .ok()
-                .and_then(|v| v.lineage.example);
+                .map(|v| v.lineage);
             let release = Release {
                 environment: environment.to_string(),
                 model: served,
-                example,
+                example: lineage.as_ref().and_then(|l| l.example.clone()),
+                commit: lineage.and_then(|l| l.commit),
             };
             let port = self
                 .ports

@@ -19,6 +19,8 @@ pub struct Release {
     /// The request body the version answered when it was registered: the smoke test sends it to
     /// the new version before it takes any traffic. `None`: only readiness is checked.
     pub example: Option<serde_json::Value>,
+    /// The git commit the version was trained from (a label of its Kubernetes objects).
+    pub commit: Option<String>,
 }
 
 impl Release {
@@ -71,6 +73,16 @@ pub struct DeploymentStatus {
     pub started_ms: i64,
     pub restarts: u32,
     pub health: Health,
+    /// Replicas ready and wanted (Kubernetes target; `None` on the local one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Replicas>,
+}
+
+/// How many replicas of a deployment are ready, of how many it wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Replicas {
+    pub ready: i32,
+    pub desired: i32,
 }
 
 /// Something that happened to a deployment on its own (not asked for by the controller).

@@ -407,6 +407,7 @@ pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
                             started_ms: 0,
                             restarts: 0,
                             health: kiln_deploy::Health::Stopped,
+                            replicas: None,
                         },
                         uptime_seconds: None,
                     });

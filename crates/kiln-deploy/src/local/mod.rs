@@ -265,6 +265,7 @@ impl Slot {
                 .map_or(serving.since_ms, |b| b.started_ms),
             restarts: serving.restarts,
             health: serving.health,
+            replicas: None,
         })
     }
 }
