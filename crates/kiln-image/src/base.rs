@@ -125,7 +125,10 @@ pub(crate) fn base_layer(
     }
     let host_files = plan.layer.host_files();
     let mut packages = plan.packages;
-    for package in debian_packages(&host_files) {
+    // Asked by the paths `ldd` printed too: on a merged-`/usr` system dpkg knows a library by
+    // the path its package ships it at (`/lib/…`), which may not be the real one (`/usr/lib/…`).
+    let asked: Vec<PathBuf> = host_files.iter().chain(&plan.libraries).cloned().collect();
+    for package in debian_packages(&asked) {
         packages.push(Package::deb(
             &package.name,
             &package.version,
@@ -223,6 +226,8 @@ struct Plan {
     packages: Vec<Package>,
     serve_args: Vec<String>,
     env: Vec<String>,
+    /// The libraries as `ldd` named them.
+    libraries: Vec<PathBuf>,
 }
 
 fn plan(spec: &ImageSpec) -> Result<Plan, Error> {
@@ -328,6 +333,7 @@ fn plan(spec: &ImageSpec) -> Result<Plan, Error> {
         packages,
         serve_args,
         env,
+        libraries: libraries.into_iter().collect(),
     })
 }
 

@@ -379,8 +379,12 @@ impl LayerBuilder {
 /// Checks that `strip` (GNU binutils) is on PATH: a server binary keeps its debug information
 /// otherwise, which makes a debug build's image hundreds of megabytes.
 pub fn check_strip() -> Result<(), Error> {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("strip").is_file()));
+    check_strip_in(std::env::var_os("PATH").as_deref())
+}
+
+fn check_strip_in(path: Option<&std::ffi::OsStr>) -> Result<(), Error> {
+    let found =
+        path.is_some_and(|path| std::env::split_paths(path).any(|dir| dir.join("strip").is_file()));
     if found {
         Ok(())
     } else {
@@ -392,8 +396,8 @@ pub fn check_strip() -> Result<(), Error> {
     }
 }
 
-/// `host` stripped of its symbols (`strip --strip-all`), in a temporary file beside nothing
-/// of the caller's (the system's temporary folder), removed by the caller.
+/// `host` stripped of its symbols (`strip --strip-all`), in the system's temporary folder; the caller
+/// removes it.
 fn strip(host: &Path) -> io::Result<PathBuf> {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -542,6 +546,19 @@ mod tests {
                 ("tmp/".to_string(), 0o1777, 0, 0),
             ]
         );
+    }
+
+    #[test]
+    fn strip_is_looked_for_on_the_path_and_its_package_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = check_strip_in(Some(dir.path().as_os_str())).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "`strip` is not on PATH: it removes the debug information of the server put into the image"
+        );
+        assert!(error.hint().unwrap().contains("binutils"));
+        std::fs::write(dir.path().join("strip"), b"").unwrap();
+        assert!(check_strip_in(Some(dir.path().as_os_str())).is_ok());
     }
 
     #[test]
