@@ -110,8 +110,7 @@ pub struct Environment {
     /// environment, where it is always [`Approve::Manual`].
     pub approve: Approve,
     pub target: TargetKind,
-    /// The port it serves on (for Kubernetes, the Service's port); `None` leaves the choice to
-    /// Kiln (Kubernetes: 80).
+    /// The port it serves on (local environments); `None` leaves the choice to Kiln.
     pub port: Option<u16>,
     /// How it runs on Kubernetes; `Some` exactly when `target` is [`TargetKind::Kubernetes`].
     pub kubernetes: Option<Kubernetes>,
@@ -321,20 +320,36 @@ pub(crate) fn read(
                 "the first environment takes green runs: write `auto: true` (the default) to deploy every new version there, or `auto: false` to deploy only by `kiln deploy`".into(),
             );
         }
-        let port = env.port.as_ref().and_then(|port| {
-            let number = port_number(port);
-            if number.is_none() {
-                error(
-                    format!("port `{}` is out of range", **port),
-                    port.span(),
-                    "a port is a number from 1 to 65535".into(),
-                );
-            }
-            number
-        });
+        let port = env
+            .port
+            .as_ref()
+            .filter(|_| env.target != Some(TargetKind::Kubernetes))
+            .and_then(|port| {
+                let number = port_number(port);
+                if number.is_none() {
+                    error(
+                        format!("port `{}` is out of range", **port),
+                        port.span(),
+                        "a port is a number from 1 to 65535".into(),
+                    );
+                }
+                number
+            });
         let target = env.target.unwrap_or(TargetKind::Local);
         let kubernetes = match target {
-            TargetKind::Kubernetes => Some(kubernetes(env, &mut error)),
+            TargetKind::Kubernetes => {
+                if let Some(port) = &env.port {
+                    error(
+                        "`port` applies only to environments on this machine".into(),
+                        port.span(),
+                        format!(
+                            "environment `{}` is served by a Kubernetes Service on port 80 in the cluster: remove `port`",
+                            name.as_str()
+                        ),
+                    );
+                }
+                Some(kubernetes(env, &mut error))
+            }
             TargetKind::Local => {
                 for (setting, span) in env.kubernetes_settings() {
                     error(
@@ -963,6 +978,16 @@ mod tests {
                 "13:26: `lots` is not a Kubernetes quantity (write a quantity such as `500m` or `2`) [lots]",
                 "13:40: `1.5.2Gi` is not a Kubernetes quantity (write a quantity such as `512Mi` or `2Gi`) [1.5.2Gi]",
                 "14:26: `10` has no unit: write `10s` (write e.g. `120s` or `5m`) ['10']",
+            ]
+        );
+        let problems = load(&model(
+            "    image: {repository: 127.0.0.1:5000/m}\n    deploy:\n      live: {target: k8s, port: 8080}\n",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "8:35: `port` applies only to environments on this machine (environment `live` is served by a Kubernetes Service on port 80 in the cluster: remove `port`) [8080]"
             ]
         );
         let problems = load(&model(
