@@ -987,7 +987,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "8:35: `port` applies only to environments on this machine (environment `live` is served by a Kubernetes Service on port 80 in the cluster: remove `port`) [8080]"
+                "8:33: `port` applies only to environments on this machine (environment `live` is served by a Kubernetes Service on port 80 in the cluster: remove `port`) [8080]"
             ]
         );
         let problems = load(&model(
