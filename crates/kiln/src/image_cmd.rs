@@ -77,12 +77,9 @@ fn build(root: &Path, args: BuildArgs) -> Result<ExitCode> {
     }
     let layout = match &args.output {
         Some(dir) => std::path::absolute(dir)?,
-        None => workspace.state_dir.join("images"),
+        None => project_layout(&workspace),
     };
-    let cache = kiln_pipeline::python_env::EnvOptions::from_env()
-        .map_err(kiln_pipeline::Error::from)?
-        .cache_root
-        .join("images");
+    let cache = base_cache()?;
     errln!(
         "building `{}`: {} v{} into `{}`",
         spec.reference,
@@ -97,6 +94,19 @@ fn build(root: &Path, args: BuildArgs) -> Result<ExitCode> {
         report(&built);
     }
     Ok(exit::code(exit::SUCCESS))
+}
+
+/// The project's image layout, shared by all its models: `.kiln/images/`.
+pub fn project_layout(workspace: &Workspace) -> PathBuf {
+    workspace.state_dir.join("images")
+}
+
+/// Where base layers are cached: `$KILN_CACHE_DIR/images`, shared between projects.
+pub fn base_cache() -> Result<PathBuf> {
+    Ok(kiln_pipeline::python_env::EnvOptions::from_env()
+        .map_err(kiln_pipeline::Error::from)?
+        .cache_root
+        .join("images"))
 }
 
 /// What an image of the version `reference` names is made of: its artifact as registered,

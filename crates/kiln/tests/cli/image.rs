@@ -201,55 +201,8 @@ fn kiln_image_build_writes_an_image_that_skopeo_umoci_and_podman_read_and_run() 
         "not a valid image reference name",
     );
 
-    serves_in_podman(iris.root());
-}
-
-/// Builds v2 listening on a free port, runs it with podman (runc, read-only root filesystem,
-/// host network), asks it for a prediction, then stops it with SIGTERM.
-fn serves_in_podman(project: &Path) {
-    let port = free_port();
-    let layout = project.join("podman-layout");
-    build(
-        project,
-        &[
-            "iris@v2",
-            "--output",
-            layout.to_str().unwrap(),
-            "--port",
-            &port.to_string(),
-        ],
-    );
-    let podman = Podman::new();
-    podman.copy_in(
-        &format!("oci:{}:iris:v2", layout.display()),
-        "localhost/iris:v2",
-    );
-    let started = podman.run(&[
-        "run",
-        "-d",
-        "--name",
-        &podman.container,
-        "--read-only",
-        "--network",
-        "host",
-        "localhost/iris:v2",
-    ]);
-    assert!(started.status.success(), "{}", stderr(&started));
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = reqwest::blocking::get(format!("http://127.0.0.1:{port}/v2/health/ready"))
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the container did not get ready: {}",
-            podman.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // podman runs v2 with a read-only root filesystem: a prediction, then SIGTERM.
+    let (podman, port) = start_in_podman(iris.root(), "iris@v2", "iris:v2");
     let (status, body) = post(
         port,
         "/v2/models/iris/infer",
@@ -268,15 +221,86 @@ fn serves_in_podman(project: &Path) {
         .json()
         .unwrap();
     assert_eq!(metadata["versions"], json!(["2"]), "{metadata}");
-    let user = podman.run(&[
-        "exec",
-        &podman.container,
-        "/usr/local/bin/kiln",
-        "--version",
-    ]);
-    assert!(user.status.success(), "{}", stderr(&user));
+    stop_cleanly(&podman);
 
-    // `podman stop` sends the image's stop signal (SIGTERM): the server drains and exits 0.
+    // A version whose content is gone from the store is an error saying so, not an image.
+    let digest = registered["artifact_digest"].as_str().unwrap();
+    let state = iris.root().join(".kiln");
+    std::fs::remove_file(
+        state
+            .join("store/objects")
+            .join(&digest[..2])
+            .join(&digest[2..]),
+    )
+    .unwrap();
+    for folder in ["artifacts", "versions", "serving"] {
+        std::fs::remove_dir_all(state.join(folder)).unwrap();
+    }
+    let gone = iris.kiln(&["image", "build", "iris@v1"]);
+    assert_eq!(gone.status.code(), Some(1), "{}", stderr(&gone));
+    assert!(
+        stderr(&gone).contains("is missing from the store"),
+        "{}",
+        stderr(&gone)
+    );
+}
+
+/// Builds `version` listening on a free port into a layout of its own, runs it with podman
+/// (runc, read-only root filesystem, host network) and waits until it is ready.
+fn start_in_podman(project: &Path, version: &str, reference: &str) -> (Podman, u16) {
+    let port = free_port();
+    let layout = project.join("podman-layout");
+    build(
+        project,
+        &[
+            version,
+            "--output",
+            layout.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ],
+    );
+    let podman = Podman::new();
+    podman.copy_in(
+        &format!("oci:{}:{reference}", layout.display()),
+        &format!("localhost/{reference}"),
+    );
+    let started = podman.run(&[
+        "run",
+        "-d",
+        "--name",
+        &podman.container,
+        "--read-only",
+        "--network",
+        "host",
+        &format!("localhost/{reference}"),
+    ]);
+    assert!(started.status.success(), "{}", stderr(&started));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = reqwest::blocking::get(format!("http://127.0.0.1:{port}/v2/health/ready"))
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return (podman, port);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container did not get ready: {}",
+            podman.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `podman stop` sends the image's stop signal (SIGTERM): the server drains and exits 0. The
+/// server ran as the image's non-root user.
+fn stop_cleanly(podman: &Podman) {
+    let top = podman.run(&["top", &podman.container, "user", "args"]);
+    let top = stdout(&top);
+    assert!(
+        top.contains("kiln ") && top.contains("/usr/local/bin/kiln serve"),
+        "{top}"
+    );
     let stopped = podman.run(&["stop", "-t", "20", &podman.container]);
     assert!(stopped.status.success(), "{}", stderr(&stopped));
     let exit_code = podman.run(&[
@@ -366,6 +390,37 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.run(&["rm", "-f", "-t", "0", &self.container]);
     }
+}
+
+/// A `predict.py` model with a Python environment of its own (numpy): its image carries the
+/// interpreter, its standard library and the virtualenv, and answers from podman.
+#[test]
+fn a_python_model_image_serves_from_its_virtualenv() {
+    let project = TestProject::new(
+        "models:\n  m:\n    python: {requirements: requirements.txt}\n    stages:\n      package: {cmd: 'mkdir -p model && cp predict.py model/ && cp score.json metrics.json', deps: [predict.py, score.json], outs: [model], metrics: [metrics.json]}\n    artifact: model\n    example: example.csv\n",
+    );
+    project.write("requirements.txt", "numpy\n");
+    project.write(
+        "predict.py",
+        &format!("import numpy\n{}", crate::models::adder(10)),
+    );
+    project.write("example.csv", "a,b\n1,2\n");
+    project.write("score.json", "{\"accuracy\": 1}");
+    let run = project.kiln(&["run"]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let built = build(project.root(), &["m@v1"]);
+    assert!(
+        built["layers"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("virtualenv"),
+        "{built}"
+    );
+    let (podman, port) = start_in_podman(project.root(), "m@v1", "m:v1");
+    let (status, body) = post(port, "/v2/models/m/infer", &crate::models::sum_request());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"][0]["data"], json!([13.0]), "{body}");
+    stop_cleanly(&podman);
 }
 
 #[test]
