@@ -234,3 +234,73 @@ pub fn pod_reason(pod: &Pod) -> Option<String> {
     let phase = status.phase.as_deref().unwrap_or("Pending");
     Some(format!("pod `{name}`: {phase}, not ready"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "iris-production", "generation": generation},
+            "spec": {"replicas": 3, "selector": {}, "template": {}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_rollout_is_complete_only_as_kubectl_rollout_status_says() {
+        let unseen = deployment(2, serde_json::json!({"observedGeneration": 1}));
+        assert!(matches!(
+            rollout_state(&unseen, 2),
+            RolloutState::Progressing(line) if line.contains("Deployment controller")
+        ));
+        // All updated and available, but an old pod is still counted: not done yet
+        // (kube's `is_deployment_completed` would say done).
+        let old_left = deployment(
+            2,
+            serde_json::json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 3,
+                               "readyReplicas": 4, "availableReplicas": 4}),
+        );
+        assert_eq!(
+            rollout_state(&old_left, 2),
+            RolloutState::Progressing(
+                "3/3 updated, 4 ready, 4 available, 1 old pending termination".into()
+            )
+        );
+        let done = deployment(
+            2,
+            serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3,
+                               "readyReplicas": 3, "availableReplicas": 3}),
+        );
+        assert_eq!(rollout_state(&done, 2), RolloutState::Complete);
+        let stuck = deployment(
+            2,
+            serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
+                "conditions": [{"type": "Progressing", "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": "ReplicaSet \"iris-production-5d8f\" has timed out progressing."}]}),
+        );
+        assert_eq!(
+            rollout_state(&stuck, 2),
+            RolloutState::DeadlineExceeded(
+                "ReplicaSet \"iris-production-5d8f\" has timed out progressing.".into()
+            )
+        );
+    }
+
+    #[test]
+    fn an_unscheduled_pod_says_why() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "iris-production-5d8f-x2x"},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
+                "status": "False", "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient memory."}]},
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_reason(&pod).unwrap(),
+            "pod `iris-production-5d8f-x2x`: not scheduled: 0/1 nodes are available: 1 Insufficient memory."
+        );
+    }
+}
