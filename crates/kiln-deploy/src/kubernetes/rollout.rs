@@ -19,7 +19,8 @@ use crate::Error;
 /// Where a rollout is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RolloutState {
-    /// Under way; the line says how far (`1/3 updated, 0 ready, 0 available`).
+    /// Under way; the line says how far (`1/3 updated, 2 ready, 2 available, 2 old`: replicas
+    /// of the new version, ready and available ones of both, and those of older versions).
     Progressing(String),
     Complete,
     /// `Progressing=False` with reason `ProgressDeadlineExceeded`: the condition's message.
@@ -54,7 +55,7 @@ pub fn rollout_state(deployment: &Deployment, generation: i64) -> RolloutState {
     let available = status.available_replicas.unwrap_or(0);
     let mut line = format!("{updated}/{desired} updated, {ready} ready, {available} available");
     if replicas > updated {
-        line.push_str(&format!(", {} old pending termination", replicas - updated));
+        line.push_str(&format!(", {} old", replicas - updated));
     }
     if updated < desired || replicas > updated || available < updated {
         RolloutState::Progressing(line)
@@ -264,9 +265,7 @@ mod tests {
         );
         assert_eq!(
             rollout_state(&old_left, 2),
-            RolloutState::Progressing(
-                "3/3 updated, 4 ready, 4 available, 1 old pending termination".into()
-            )
+            RolloutState::Progressing("3/3 updated, 4 ready, 4 available, 1 old".into())
         );
         let done = deployment(
             2,
