@@ -292,8 +292,9 @@ impl KubernetesTarget {
             .unwrap_or_default();
         let mut message = match &failure {
             RolloutFailure::Deadline(condition) => format!(
-                "v{version} did not become available within its progress deadline ({} s): {condition}",
-                settings.progress_deadline.as_secs()
+                "v{version} did not become available within its progress deadline ({} s): {}",
+                settings.progress_deadline.as_secs(),
+                condition.trim_end_matches('.')
             ),
             RolloutFailure::Timeout(timeout) => format!(
                 "v{version} was not rolled out within the rollout timeout ({} s)",
@@ -311,10 +312,8 @@ impl KubernetesTarget {
             Some(previous) => {
                 let back = previous.version().unwrap_or(0);
                 say(&format!("the rollout failed: re-applying v{back}"));
-                match self
-                    .restore(&previous, settings, &mut |line| say(line))
-                    .await
-                {
+                let mut say_back = |line: &str| say(&format!("v{back}: {line}"));
+                match self.restore(&previous, settings, &mut say_back).await {
                     Ok(()) => {
                         message.push_str(&format!("; v{back} was re-applied and is available"))
                     }

@@ -19,7 +19,8 @@ use crate::Error;
 /// Where a rollout is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RolloutState {
-    /// Under way; the line says how far (`1/3 updated, 0 ready, 0 available`).
+    /// Under way; the line says how far (`1/3 updated, 2 ready, 2 available, 2 old`: replicas
+    /// of the new version, ready and available ones of both, and those of older versions).
     Progressing(String),
     Complete,
     /// `Progressing=False` with reason `ProgressDeadlineExceeded`: the condition's message.
@@ -54,7 +55,7 @@ pub fn rollout_state(deployment: &Deployment, generation: i64) -> RolloutState {
     let available = status.available_replicas.unwrap_or(0);
     let mut line = format!("{updated}/{desired} updated, {ready} ready, {available} available");
     if replicas > updated {
-        line.push_str(&format!(", {} old pending termination", replicas - updated));
+        line.push_str(&format!(", {} old", replicas - updated));
     }
     if updated < desired || replicas > updated || available < updated {
         RolloutState::Progressing(line)
@@ -233,4 +234,72 @@ pub fn pod_reason(pod: &Pod) -> Option<String> {
     }
     let phase = status.phase.as_deref().unwrap_or("Pending");
     Some(format!("pod `{name}`: {phase}, not ready"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "iris-production", "generation": generation},
+            "spec": {"replicas": 3, "selector": {}, "template": {}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_rollout_is_complete_only_as_kubectl_rollout_status_says() {
+        let unseen = deployment(2, serde_json::json!({"observedGeneration": 1}));
+        assert!(matches!(
+            rollout_state(&unseen, 2),
+            RolloutState::Progressing(line) if line.contains("Deployment controller")
+        ));
+        // All updated and available, but an old pod is still counted: not done yet
+        // (kube's `is_deployment_completed` would say done).
+        let old_left = deployment(
+            2,
+            serde_json::json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 3,
+                               "readyReplicas": 4, "availableReplicas": 4}),
+        );
+        assert_eq!(
+            rollout_state(&old_left, 2),
+            RolloutState::Progressing("3/3 updated, 4 ready, 4 available, 1 old".into())
+        );
+        let done = deployment(
+            2,
+            serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3,
+                               "readyReplicas": 3, "availableReplicas": 3}),
+        );
+        assert_eq!(rollout_state(&done, 2), RolloutState::Complete);
+        let stuck = deployment(
+            2,
+            serde_json::json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
+                "conditions": [{"type": "Progressing", "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": "ReplicaSet \"iris-production-5d8f\" has timed out progressing."}]}),
+        );
+        assert_eq!(
+            rollout_state(&stuck, 2),
+            RolloutState::DeadlineExceeded(
+                "ReplicaSet \"iris-production-5d8f\" has timed out progressing.".into()
+            )
+        );
+    }
+
+    #[test]
+    fn an_unscheduled_pod_says_why() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "iris-production-5d8f-x2x"},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
+                "status": "False", "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient memory."}]},
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_reason(&pod).unwrap(),
+            "pod `iris-production-5d8f-x2x`: not scheduled: 0/1 nodes are available: 1 Insufficient memory."
+        );
+    }
 }

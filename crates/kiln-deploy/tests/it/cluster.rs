@@ -105,7 +105,7 @@ impl TestCluster {
         );
         let namespace = format!("kiln-{what}-{unique}");
         let node = format!("kiln-node-{what}-{unique}");
-        let mut cluster = TestCluster {
+        let cluster = TestCluster {
             runtime,
             client,
             namespace,
@@ -113,8 +113,14 @@ impl TestCluster {
             stop: Arc::new(AtomicBool::new(false)),
             kubelet: None,
         };
-        cluster.runtime.block_on(cluster.create()).unwrap();
-        cluster.kubelet = None;
+        if let Err(error) = cluster.runtime.block_on(cluster.create()) {
+            panic!(
+                "cannot set up the test's namespace and Node on the cluster of \
+                 KILN_TEST_KUBECONFIG=`{}`: {error}. Is the test control plane up? \
+                 (`bash .ci/k8s/up`)",
+                path.display()
+            );
+        }
         cluster
     }
 

@@ -644,6 +644,30 @@ fn rbac_denials_and_an_unreachable_server_name_the_verb_resource_and_namespace()
         failed.message
     );
 
+    // A namespace that does not exist (the admin may do anything): said so, with a hint.
+    let admin = target(
+        &Cluster {
+            kubeconfig: Some(crate::cluster::kubeconfig()),
+            context: None,
+        },
+        environments.clone(),
+    );
+    let failed = admin.roll_out(&release("production", 1), None).unwrap_err();
+    assert!(
+        failed.message.contains(
+            "refused `patch` on `services` in namespace `kiln-rbac` (404 NotFound): namespaces \"kiln-rbac\" not found"
+        ),
+        "{}",
+        failed.message
+    );
+    assert!(
+        failed
+            .message
+            .contains("kubectl create namespace kiln-rbac"),
+        "{}",
+        failed.message
+    );
+
     // A server that is not there: a port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
