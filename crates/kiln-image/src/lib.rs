@@ -3,4 +3,11 @@
 //! artifact), [`push`] sends an image from the layout to any OCI distribution registry.
 
 pub mod build;
+mod error;
 pub mod push;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::Error;
+pub use push::credentials::env_vars;
+pub use push::{Auth, PushOptions, Pushed, push};
