@@ -338,3 +338,62 @@ fn bad_input_and_unreachable_registries_are_clear_errors() {
     let error = run("iris@v1", &nobody, "v1");
     assert!(matches!(error, Error::BlobMissing { .. }), "{error}");
 }
+
+#[test]
+fn a_registry_with_a_token_service_takes_bearer_tokens_for_the_right_login() {
+    let registry = TestRegistry::start_with_token_service("kiln", "t0ken-pass");
+    let folder = tempfile::tempdir().unwrap();
+    let layout = folder.path().join("layout");
+    let written = write_layout(&layout, "iris@v2", "hey");
+    let destination = format!("{}/kiln/iris", registry.address);
+    let with = |credentials: Auth| PushOptions {
+        auth: credentials,
+        ..PushOptions::default()
+    };
+
+    let pushed = push(
+        &layout,
+        "iris@v2",
+        &destination,
+        &tags(&["v2"]),
+        &with(Auth::Given(Credentials::new("kiln", "t0ken-pass"))),
+        &mut |_| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", registry.log()));
+    assert_eq!(pushed.digest, written.image_digest);
+    assert_eq!((pushed.blobs_pushed, pushed.blobs_skipped), (4, 0));
+    let inspected = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "kiln:t0ken-pass",
+        &format!("docker://{destination}:v2"),
+    ]);
+    assert_eq!(inspected["Digest"], written.image_digest);
+
+    // The token service refuses a wrong password, and a login without any.
+    for (auth, tried) in [
+        (
+            Auth::Given(Credentials::new("kiln", "wrong-pass")),
+            "the credentials given",
+        ),
+        (Auth::Anonymous, "no credentials"),
+    ] {
+        let error = push(
+            &layout,
+            "iris@v2",
+            &destination,
+            &tags(&["v2"]),
+            &with(auth),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the registry `{}` refused to log in (HTTP 401) with {tried}",
+                registry.address
+            )
+        );
+    }
+}
