@@ -66,10 +66,22 @@ pub struct Layout {
 impl Layout {
     pub fn open(root: &Path) -> Result<Layout, Error> {
         let index_path = root.join("index.json");
-        let text = std::fs::read(&index_path).map_err(|source| Error::LayoutIo {
-            path: index_path.clone(),
-            source,
-        })?;
+        let text = match std::fs::read(&index_path) {
+            Ok(text) => text,
+            // No layout yet: it holds no image, which the caller may build.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Layout {
+                    root: root.to_owned(),
+                    index: Vec::new(),
+                });
+            }
+            Err(source) => {
+                return Err(Error::LayoutIo {
+                    path: index_path,
+                    source,
+                });
+            }
+        };
         let index: Index = serde_json::from_slice(&text).map_err(|error| Error::LayoutInvalid {
             path: root.to_owned(),
             reason: format!("`index.json` does not read as an OCI index: {error}"),

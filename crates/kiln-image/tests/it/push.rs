@@ -307,6 +307,18 @@ fn bad_input_and_unreachable_registries_are_clear_errors() {
         "build it first: `kiln image build iris@v9`"
     );
 
+    // No layout at all: the image is not there (the binary then builds it).
+    let error = push(
+        &folder.path().join("no-layout"),
+        "iris@v1",
+        &nobody,
+        &tags(&["v1"]),
+        &PushOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(error, Error::ImageNotInLayout { .. }), "{error}");
+
     let error = run("iris@v1", "kiln/iris", "v1");
     assert!(error.to_string().contains("names no registry"), "{error}");
     let error = run("iris@v1", &nobody, "bad/tag");
