@@ -21,6 +21,8 @@ pub enum CliError {
     Serve(#[from] kiln_serve::Error),
     #[error(transparent)]
     Api(#[from] kiln_api::Error),
+    #[error(transparent)]
+    Image(#[from] kiln_image::Error),
     /// A mistake in the command line (exit code 2).
     #[error("{0}")]
     Usage(String),
@@ -63,6 +65,7 @@ impl CliError {
             CliError::Deploy(error) => error.hint(),
             CliError::Serve(error) => error.hint(),
             CliError::Api(error) => error.hint(),
+            CliError::Image(error) => error.hint(),
             CliError::Usage(_)
             | CliError::Reported(_)
             | CliError::Closed(_)
@@ -76,6 +79,7 @@ impl CliError {
             CliError::Reported(code) => *code,
             CliError::Closed(_) => exit::SUCCESS,
             CliError::Usage(_)
+            | CliError::Image(kiln_image::Error::BadReference { .. })
             | CliError::Spec(
                 kiln_spec::Error::NotFound { .. } | kiln_spec::Error::Invalid { .. },
             ) => exit::INVALID,

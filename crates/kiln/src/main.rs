@@ -8,6 +8,7 @@ mod deploy_cmd;
 mod error;
 mod exit;
 mod files;
+mod image_cmd;
 mod init_cmd;
 mod models_cmd;
 mod notify;
@@ -130,6 +131,9 @@ Examples:
     /// What is deployed where: environment, version, URL, pid, uptime, restarts, health.
     #[command(after_help = "Examples:\n  kiln ps\n  kiln ps --json")]
     Ps(deploy_cmd::PsArgs),
+    /// OCI images of model versions, without a container engine: `kiln image build iris@v3`.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCommand),
     /// The content-addressed store: check every blob (`fsck`), remove unreferenced ones (`gc`).
     #[command(
         subcommand,
@@ -188,6 +192,7 @@ fn main() -> ExitCode {
         Command::Rollback(args) => deploy_cmd::rollback(&cli.project, args),
         Command::Ps(args) => deploy_cmd::ps(&cli.project, args),
         Command::Store(command) => store_cmd::store(&cli.project, command),
+        Command::Image(command) => image_cmd::image(&cli.project, command),
         Command::Serve(args) => {
             init_server_logs();
             serve_cmd::serve(&cli.project, args)

@@ -5,6 +5,7 @@ mod common;
 mod database_url;
 mod example;
 mod formats;
+mod image;
 mod init;
 mod lineage;
 mod models;
