@@ -13,7 +13,11 @@ pub mod layer;
 pub mod layout;
 pub mod push;
 pub mod sbom;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use build::{BuiltImage, BuiltLayer, ImageSpec, LayerRole, Runtime, build, check_reference};
 pub use error::Error;
 pub use layout::Layout;
+pub use push::credentials::env_vars;
+pub use push::{Auth, PushOptions, Pushed, push};

@@ -11,6 +11,7 @@
 //! its type is an [`Error::Corrupt`], never skipped.
 
 mod db;
+mod images;
 mod location;
 mod migrations;
 mod models;
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 
 pub use db::DatabaseError;
 use db::{Database, Row, args};
+pub use images::VersionImage;
 pub use location::{DATABASE_URL_ENV, Location};
 pub use migrations::SCHEMA_VERSION;
 pub use models::{

@@ -45,6 +45,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!("0003_model_versions"),
     migration!("0004_imported_versions"),
     migration!("0005_deploy_moves"),
+    migration!("0006_version_images"),
 ];
 
 /// The schema version this Kiln writes.
@@ -183,6 +184,8 @@ mod tests {
             2 => runs_v2,
             3 => format!("{runs_v2}\n{versions_v3}"),
             4 => format!("{runs_v2}\n{versions_v3}\n{import_v4}"),
+            // Schema 5 changed a constraint only: version 4's rows are version 5's.
+            5 => format!("{runs_v2}\n{versions_v3}\n{import_v4}"),
             _ => unreachable!("a fixture for every schema version before the current one"),
         }
     }
@@ -360,7 +363,7 @@ mod tests {
             backend
                 .execute(&rows_of_version(version))
                 .unwrap_or_else(|error| panic!("rows of version {version}: {error}"));
-            if version >= 3 {
+            if (3..5).contains(&version) {
                 // Before schema 5, the trail has no `deploy`. (With its id given, the refused
                 // row takes none from PostgreSQL's sequence.)
                 let deploy = "INSERT INTO alias_moves (id, model, alias, from_version, to_version, at_ms, command) VALUES (1000, 'iris', 'staging', NULL, 1, 1, 'deploy')";
@@ -407,6 +410,20 @@ mod tests {
                 .register_version("iris", &digest(1), &lineage)
                 .unwrap();
             assert_eq!(registered.version(), versions + 1);
+            // Schema 6: versions carry the images pushed of them.
+            let image = crate::VersionImage {
+                repository: "127.0.0.1:5000/iris".into(),
+                digest: format!("sha256:{}", digest(2)),
+                tags: vec!["v1".into()],
+                pushed_at_ms: 1,
+            };
+            registry
+                .record_image("iris", registered.version(), &image)
+                .unwrap();
+            let shown = registry
+                .model_version("iris", registered.version())
+                .unwrap();
+            assert_eq!(shown.images, [image]);
         }
     }
 

@@ -85,6 +85,9 @@ pub struct ModelVersion {
     pub origin: Option<Origin>,
     /// The aliases naming this version now, sorted.
     pub aliases: Vec<String>,
+    /// The registries it was pushed to as an image, by repository (absent from JSON when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<crate::VersionImage>,
 }
 
 /// A version as a listing shows it: what made it and how it scored, without its whole lineage.
@@ -426,6 +429,7 @@ impl VersionRow {
             },
             origin,
             aliases,
+            images: Vec::new(),
         })
     }
 }
@@ -669,7 +673,9 @@ impl Registry {
             .filter(|(_, v)| *v == version)
             .map(|(alias, _)| alias)
             .collect();
-        VersionRow::read(&row)?.into_version(aliases)
+        let mut found = VersionRow::read(&row)?.into_version(aliases)?;
+        found.images = crate::images::images_of(self, model, version)?;
+        Ok(found)
     }
 
     /// The versions of `model`, newest first, as a listing shows them: at most `limit` of them
@@ -736,7 +742,9 @@ impl Registry {
                     .filter(|(_, v)| **v == row.version)
                     .map(|(alias, _)| alias.clone())
                     .collect();
-                row.into_version(named)
+                let mut found = row.into_version(named)?;
+                found.images = crate::images::images_of(self, model, found.version)?;
+                Ok(found)
             })
             .collect()
     }

@@ -11,7 +11,7 @@ use kiln_registry::{
     AliasCommand, CheckResult, CheckRule, Error, FailureKind, GateResult, GateVerdict, LATEST,
     Lineage, Location, ModelRef, MoveBy, NewRun, Origin, OutKind, Registered, Registry, RunId,
     RunOutcome, ServableResult, ServableSummary, StageOut, StageOutcome, StageResult, Status,
-    Version,
+    Version, VersionImage,
 };
 use serde_json::json;
 
@@ -49,6 +49,7 @@ conformance!(
     concurrent_opens_migrate_once,
     models_and_metrics_are_listed_in_byte_order,
     version_summaries_list_newest_first_with_aliases,
+    pushed_images_are_recorded_per_repository,
 );
 
 fn open(backend: &Backend) -> Registry {
@@ -633,6 +634,45 @@ fn an_imported_version_keeps_its_lineage_and_origin_once(backend: &Backend) {
         .unwrap();
     assert_eq!(next, Registered::New(2));
     assert_eq!(registry.model_version("iris", 2).unwrap().origin, None);
+}
+
+fn pushed_images_are_recorded_per_repository(backend: &Backend) {
+    let mut registry = open(backend);
+    let id = run(&mut registry);
+    registry
+        .register_version("iris", &digest(1), &lineage(id, 0.9))
+        .unwrap();
+    assert!(registry.version_images("iris", 1).unwrap().is_empty());
+    let image = |repository: &str, digest_byte: u8, tags: &[&str], at: i64| VersionImage {
+        repository: repository.into(),
+        digest: format!("sha256:{}", digest(digest_byte)),
+        tags: tags.iter().map(|tag| tag.to_string()).collect(),
+        pushed_at_ms: at,
+    };
+    let local = image("127.0.0.1:5000/team/iris", 7, &["v1", "abc1234"], 10);
+    let remote = image("ghcr.io/acme/iris", 7, &["v1"], 20);
+    registry.record_image("iris", 1, &remote).unwrap();
+    registry.record_image("iris", 1, &local).unwrap();
+    // By repository, in byte order.
+    assert_eq!(
+        registry.version_images("iris", 1).unwrap(),
+        [local.clone(), remote.clone()]
+    );
+    // A push to the same repository again replaces its row.
+    let again = image("127.0.0.1:5000/team/iris", 8, &["v1", "production"], 30);
+    registry.record_image("iris", 1, &again).unwrap();
+    let shown = registry.model_version("iris", 1).unwrap();
+    assert_eq!(shown.images, [again, remote]);
+    let json = serde_json::to_value(&shown).unwrap();
+    assert_eq!(
+        json["images"][0]["tags"],
+        serde_json::json!(["v1", "production"])
+    );
+    // A version that does not exist has no image.
+    assert!(matches!(
+        registry.record_image("iris", 9, &local),
+        Err(Error::NoSuchVersion { version: 9, .. })
+    ));
 }
 
 fn deploys_move_environments_and_are_audited(backend: &Backend) {

@@ -79,7 +79,11 @@ impl CliError {
             CliError::Reported(code) => *code,
             CliError::Closed(_) => exit::SUCCESS,
             CliError::Usage(_)
-            | CliError::Image(kiln_image::Error::BadReference { .. })
+            | CliError::Image(
+                kiln_image::Error::BadReference { .. }
+                | kiln_image::Error::BadDestination { .. }
+                | kiln_image::Error::BadTag { .. },
+            )
             | CliError::Spec(
                 kiln_spec::Error::NotFound { .. } | kiln_spec::Error::Invalid { .. },
             ) => exit::INVALID,

@@ -31,6 +31,23 @@ Examples:
   skopeo inspect oci:.kiln/images:iris:v3"
     )]
     Build(BuildArgs),
+    /// Push a version's image to an OCI registry, tagged `vN`, its commit and its aliases.
+    #[command(
+        after_help = "The image is taken from `.kiln/images/` (built there first when missing). Blobs the
+registry has are skipped; the SBOM goes along. The digest pushed is recorded on the version
+(`kiln models show`).
+
+Credentials: KILN_REGISTRY_USERNAME and KILN_REGISTRY_PASSWORD, else the registry's entry in the
+Docker config file ($DOCKER_CONFIG/config.json, else ~/.docker/config.json). Registries on
+loopback are spoken to in plain HTTP, others over HTTPS unless --insecure.
+
+Examples:
+  kiln image push iris@v3 127.0.0.1:5000/team/iris
+  kiln image push iris@production ghcr.io/acme/iris --json
+  export KILN_REGISTRY_USERNAME=ci KILN_REGISTRY_PASSWORD=...
+  kiln image push iris registry.example.com/ml/iris"
+    )]
+    Push(crate::image_push_cmd::PushArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,6 +76,10 @@ pub struct BuildArgs {
 pub fn image(root: &Path, command: ImageCommand) -> Result<ExitCode> {
     match command {
         ImageCommand::Build(args) => build(root, args),
+        ImageCommand::Push(args) => {
+            crate::image_push_cmd::push(root, args)?;
+            Ok(exit::code(exit::SUCCESS))
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod error;
 mod exit;
 mod files;
 mod image_cmd;
+mod image_push_cmd;
 mod init_cmd;
 mod models_cmd;
 mod notify;
@@ -131,7 +132,7 @@ Examples:
     /// What is deployed where: environment, version, URL, pid, uptime, restarts, health.
     #[command(after_help = "Examples:\n  kiln ps\n  kiln ps --json")]
     Ps(deploy_cmd::PsArgs),
-    /// OCI images of model versions, without a container engine: `kiln image build iris@v3`.
+    /// OCI images of model versions, without a container engine: `kiln image build|push`.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
     /// The content-addressed store: check every blob (`fsck`), remove unreferenced ones (`gc`).

@@ -500,6 +500,15 @@ fn show(registry: &Registry, text: &str, json: bool) -> Result<()> {
         }
     );
     outln!("artifact    {}", version.artifact_digest);
+    for image in &version.images {
+        outln!(
+            "image       {}@{} ({}), pushed {} UTC",
+            image.repository,
+            image.digest,
+            image.tags.join(", "),
+            when(image.pushed_at_ms)
+        );
+    }
     if let Some(servable) = &lineage.servable {
         outln!(
             "servable    {}: {}",

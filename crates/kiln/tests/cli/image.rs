@@ -294,7 +294,7 @@ fn start_in_podman(project: &Path, version: &str, reference: &str) -> (Podman, u
 
 /// `podman stop` sends the image's stop signal (SIGTERM): the server drains and exits 0. The
 /// server ran as the image's non-root user.
-fn stop_cleanly(podman: &Podman) {
+pub(crate) fn stop_cleanly(podman: &Podman) {
     let top = podman.run(&["top", &podman.container, "user", "args"]);
     let top = stdout(&top);
     assert!(
@@ -315,13 +315,13 @@ fn stop_cleanly(podman: &Podman) {
 
 /// podman with a root of its own in a temporary folder, runc and explicit ulimits (the sandbox
 /// lacks CAP_SYS_RESOURCE); the container is removed when dropped.
-struct Podman {
+pub(crate) struct Podman {
     dir: tempfile::TempDir,
-    container: String,
+    pub(crate) container: String,
 }
 
 impl Podman {
-    fn new() -> Podman {
+    pub(crate) fn new() -> Podman {
         let dir = tempfile::tempdir().unwrap();
         let limits = run("bash", &["-c", "ulimit -Hn; ulimit -Hu"]);
         let limits = stdout(&limits);
@@ -348,7 +348,7 @@ impl Podman {
         )
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         let (root, runroot) = self.storage();
         Command::new("podman")
             .arg("--root")
@@ -380,7 +380,7 @@ impl Podman {
         );
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let output = self.run(&["logs", &self.container]);
         format!("{}{}", stdout(&output), stderr(&output))
     }

@@ -6,6 +6,7 @@ mod database_url;
 mod example;
 mod formats;
 mod image;
+mod image_push;
 mod init;
 mod lineage;
 mod models;

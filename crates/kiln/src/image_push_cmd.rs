@@ -1,0 +1,141 @@
+//! `kiln image push`: a version's image, from the project's image layout (built there first
+//! when it is missing), to an OCI distribution registry, tagged `vN`, with the commit's short
+//! SHA and the version's aliases; the digest pushed is recorded on the version.
+
+use std::path::Path;
+use std::time::Instant;
+
+use kiln_image::{PushOptions, Pushed};
+use kiln_pipeline::Workspace;
+use kiln_registry::{ModelRef, ModelVersion, Selector, VersionImage};
+use serde::Serialize;
+
+use crate::commands::load;
+use crate::error::Result;
+use crate::printer::{errln, outln};
+
+/// Push a version's image to a registry.
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// The version: `MODEL@vN`, `MODEL@ALIAS`, or `MODEL` (its `latest`).
+    #[arg(value_name = "MODEL[@VERSION|@ALIAS]")]
+    reference: String,
+    /// The repository to push to: `REGISTRY/REPOSITORY`, e.g. `127.0.0.1:5000/team/iris` or
+    /// `ghcr.io/acme/iris` (no tag: tags come from the version).
+    #[arg(value_name = "REGISTRY/REPOSITORY")]
+    destination: String,
+    /// Allow plain HTTP to a registry that is not on loopback (loopback ones always use it).
+    #[arg(long)]
+    insecure: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `--json` prints.
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    model: &'a str,
+    version: i64,
+    #[serde(flatten)]
+    pushed: &'a Pushed,
+    seconds: f64,
+}
+
+pub fn push(root: &Path, args: PushArgs) -> Result<()> {
+    let project = load(root)?;
+    let mut workspace = Workspace::open(&project.root)?;
+    let reference = ModelRef::parse(&args.reference)?;
+    let number = workspace.registry.resolve(&reference)?;
+    let version = workspace.registry.model_version(&reference.model, number)?;
+    let started = Instant::now();
+
+    // The project's layout and the name `kiln image build` gives the version there.
+    let layout = crate::image_cmd::project_layout(&workspace);
+    let name = format!("{}:v{}", version.model, version.version);
+    let tags = tags(&version);
+    let options = PushOptions {
+        insecure: args.insecure,
+        ..PushOptions::default()
+    };
+    let mut progress = |line: &str| errln!("  {line}");
+    let attempt = kiln_image::push(
+        &layout,
+        &name,
+        &args.destination,
+        &tags,
+        &options,
+        &mut progress,
+    );
+    let pushed = match attempt {
+        Err(kiln_image::Error::ImageNotInLayout { .. }) => {
+            errln!("building `{name}` into `{}` first", layout.display());
+            let reference = ModelRef {
+                model: version.model.clone(),
+                selector: Selector::Version(version.version),
+            };
+            let spec =
+                crate::image_cmd::image_spec(&workspace, &project, &reference, &mut progress)?;
+            let cache = crate::image_cmd::base_cache()?;
+            kiln_image::build(&spec, &layout, &cache, &mut progress)?;
+            kiln_image::push(
+                &layout,
+                &name,
+                &args.destination,
+                &tags,
+                &options,
+                &mut progress,
+            )?
+        }
+        other => other?,
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    workspace.registry.record_image(
+        &version.model,
+        version.version,
+        &VersionImage {
+            repository: pushed.repository.clone(),
+            digest: pushed.digest.clone(),
+            tags: pushed.tags.clone(),
+            pushed_at_ms: now_ms(),
+        },
+    )?;
+
+    if args.json {
+        let report = Report {
+            model: &version.model,
+            version: version.version,
+            pushed: &pushed,
+            seconds,
+        };
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        errln!(
+            "{} blobs pushed ({} bytes), {} already there, in {seconds:.2} s",
+            pushed.blobs_pushed,
+            pushed.bytes,
+            pushed.blobs_skipped
+        );
+        outln!("{}@{}", pushed.repository, pushed.digest);
+    }
+    Ok(())
+}
+
+/// `vN`, the commit's short SHA (not for a version trained from uncommitted changes, which that
+/// commit does not hold) and the version's aliases, in that order.
+fn tags(version: &ModelVersion) -> Vec<String> {
+    let mut tags = vec![format!("v{}", version.version)];
+    if let Some(commit) = &version.lineage.commit
+        && !version.lineage.dirty
+    {
+        tags.push(commit.chars().take(7).collect());
+    }
+    tags.extend(version.aliases.iter().cloned());
+    tags
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
