@@ -157,7 +157,9 @@ pub struct Autoscale {
 pub struct Resources {
     pub cpu: String,
     pub memory: String,
+    /// None: no CPU limit (it would throttle latency spikes for nothing).
     pub cpu_limit: Option<String>,
+    /// None: the memory request (a pod never uses more than it reserved).
     pub memory_limit: Option<String>,
 }
 
@@ -167,7 +169,7 @@ impl Default for Resources {
             cpu: "100m".into(),
             memory: "256Mi".into(),
             cpu_limit: None,
-            memory_limit: Some("1Gi".into()),
+            memory_limit: None,
         }
     }
 }
@@ -427,8 +429,7 @@ fn kubernetes(env: &EnvironmentSpec, error: &mut Report) -> Kubernetes {
                 cpu: quantity(&resources.cpu, true, error).unwrap_or(fallback.cpu),
                 memory: quantity(&resources.memory, false, error).unwrap_or(fallback.memory),
                 cpu_limit: quantity(&resources.cpu_limit, true, error),
-                memory_limit: quantity(&resources.memory_limit, false, error)
-                    .or(fallback.memory_limit),
+                memory_limit: quantity(&resources.memory_limit, false, error),
             }
         }
         None => defaults.resources,

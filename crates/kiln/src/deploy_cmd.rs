@@ -1,18 +1,20 @@
 //! `kiln deploy`, `kiln promote`, `kiln rollback` and `kiln ps`: deployments by environment.
 //! The first three move the environment's alias in the registry (kept in the alias history with
-//! the command that moved it) and wait for the running `kiln up` to roll the move out; without
-//! one, the move is recorded and `kiln up` rolls it out when it starts. `kiln ps` shows what runs.
+//! the command that moved it), then see the move rolled out: a local environment by the running
+//! `kiln up` (without one, the move is recorded and `kiln up` rolls it out when it starts), a
+//! Kubernetes environment by the command itself (image built and pushed, objects applied, the
+//! rollout watched). `kiln ps` shows what runs, on both.
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use kiln_deploy::DeploymentStatus;
 use kiln_deploy::local::state;
+use kiln_deploy::{Change, Controller, DeploymentStatus, kubernetes};
 use kiln_notify::Event;
 use kiln_pipeline::{AliasChange, Workspace};
 use kiln_registry::{AliasCommand, ModelRef, MoveBy, Selector, Version};
-use kiln_spec::{Environment, Project};
+use kiln_spec::{Environment, Project, TargetKind};
 use serde::Serialize;
 
 use crate::commands::load;
@@ -26,12 +28,32 @@ use crate::ui;
 #[derive(clap::Args, Debug)]
 pub struct WaitArgs {
     /// How long to wait for the running `kiln up` to roll the change out, in seconds (0: do
-    /// not wait).
+    /// not wait). Kubernetes environments are rolled out by the command itself, within the
+    /// environment's `rollout_timeout`.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     timeout: u64,
+    /// Take over fields of Kiln's Kubernetes objects that another field manager (kubectl, a
+    /// GitOps tool) set, instead of stopping at the conflict.
+    #[arg(long)]
+    force_conflicts: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// What `--dry-run` prints the manifests as.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManifestFormat {
+    Yaml,
+    Json,
+}
+
+/// Where `--target` puts the environment.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetArg {
+    Local,
+    #[value(alias = "k8s")]
+    Kubernetes,
 }
 
 /// Deploy a version to an environment.
@@ -46,6 +68,17 @@ pub struct DeployArgs {
     /// Why, kept in the alias history.
     #[arg(long)]
     reason: Option<String>,
+    /// Serve the environment on this target for this deploy, whatever kiln.yaml says (`k8s` is
+    /// `kubernetes`; its settings are kiln.yaml's or the defaults).
+    #[arg(long, value_enum)]
+    target: Option<TargetArg>,
+    /// Print the Kubernetes objects the deploy would apply (image by digest; the image is built
+    /// but not pushed, and nothing is applied or recorded).
+    #[arg(long)]
+    dry_run: bool,
+    /// The format of `--dry-run`'s manifests.
+    #[arg(short, long, value_enum, default_value = "yaml", requires = "dry_run")]
+    output: ManifestFormat,
     #[command(flatten)]
     wait: WaitArgs,
 }
@@ -95,7 +128,7 @@ pub struct PsArgs {
 enum Rollout {
     /// The running `kiln up` serves the version now.
     Served { deployment: DeploymentStatus },
-    /// The running `kiln up` could not roll it out and moved the environment back.
+    /// The rollout failed and the environment was moved back.
     RolledBack { to: Option<Version>, reason: String },
     /// No `kiln up` runs for the project: the move waits for it.
     Recorded,
@@ -114,11 +147,27 @@ struct Report {
 }
 
 pub fn deploy(root: &Path, args: DeployArgs) -> Result<ExitCode> {
-    let (project, mut workspace) = open(root)?;
+    let (mut project, mut workspace) = open(root)?;
     let reference = ModelRef::parse(&args.reference)?;
     let model = reference.model.clone();
-    let environment = environment(&project, &model, args.env.as_deref(), 0)?;
+    let environment = environment(&project, &model, args.env.as_deref(), 0)?
+        .name
+        .clone();
+    if let Some(target) = args.target {
+        place(&mut project, &model, &environment, target)?;
+    }
+    let environment = environment_of(&project, &model, &environment);
     let version = workspace.registry.resolve(&reference)?;
+    if args.dry_run {
+        return dry_run(
+            &project,
+            &workspace,
+            &model,
+            environment,
+            version,
+            args.output,
+        );
+    }
     let by = MoveBy {
         command: AliasCommand::Deploy,
         run_id: None,
@@ -131,7 +180,7 @@ pub fn deploy(root: &Path, args: DeployArgs) -> Result<ExitCode> {
         &environment.name,
         AliasChange::To { version, by },
     )?;
-    finish(&workspace, &model, &environment.name, moved, &args.wait)
+    finish(&project, &mut workspace, environment, moved, &args.wait)
 }
 
 pub fn promote(root: &Path, args: PromoteArgs) -> Result<ExitCode> {
@@ -167,7 +216,7 @@ pub fn promote(root: &Path, args: PromoteArgs) -> Result<ExitCode> {
         AliasChange::To { version, by },
     )?;
     tell(&project, Event::Promoted, &moved, args.reason.as_deref());
-    finish(&workspace, &args.model, &to.name, moved, &args.wait)
+    finish(&project, &mut workspace, to, moved, &args.wait)
 }
 
 pub fn rollback(root: &Path, args: RollbackArgs) -> Result<ExitCode> {
@@ -183,13 +232,7 @@ pub fn rollback(root: &Path, args: RollbackArgs) -> Result<ExitCode> {
         },
     )?;
     tell(&project, Event::RolledBack, &moved, args.reason.as_deref());
-    finish(
-        &workspace,
-        &args.model,
-        &environment.name,
-        moved,
-        &args.wait,
-    )
+    finish(&project, &mut workspace, environment, moved, &args.wait)
 }
 
 fn open(root: &Path) -> Result<(Project, Workspace)> {
@@ -242,6 +285,163 @@ fn environment<'a>(
     }
 }
 
+/// Puts `environment` of `model` on `target` for this command (`kiln deploy --target`).
+fn place(project: &mut Project, model: &str, environment: &str, target: TargetArg) -> Result<()> {
+    let Some(spec) = project.models.iter_mut().find(|m| m.name == model) else {
+        return Ok(());
+    };
+    if target == TargetArg::Kubernetes && spec.image_repository.is_none() {
+        return Err(CliError::usage(format!(
+            "`{model}` has no `image.repository` in kiln.yaml: the cluster pulls the model's image from a registry; add `image: {{repository: registry.example.com/team/{model}}}` to the model"
+        )));
+    }
+    if let Some(env) = spec
+        .deploy
+        .environments
+        .iter_mut()
+        .find(|e| e.name == environment)
+    {
+        match target {
+            TargetArg::Local => {
+                env.target = TargetKind::Local;
+                env.kubernetes = None;
+            }
+            TargetArg::Kubernetes => {
+                env.target = TargetKind::Kubernetes;
+                env.kubernetes.get_or_insert_with(Default::default);
+                env.port = None;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The environment `name` of `model`, which [`environment`] found.
+fn environment_of<'a>(project: &'a Project, model: &str, name: &str) -> &'a Environment {
+    project
+        .model(model)
+        .and_then(|m| m.deploy.environment(name))
+        .expect("the environment was found before")
+}
+
+/// `kiln deploy --dry-run`: the Kubernetes objects the deploy would apply, on stdout. The image
+/// is built (its digest is in the Deployment) but neither pushed nor applied.
+fn dry_run(
+    project: &Project,
+    workspace: &Workspace,
+    model: &str,
+    environment: &Environment,
+    version: Version,
+    format: ManifestFormat,
+) -> Result<ExitCode> {
+    let Some(settings) = &environment.kubernetes else {
+        return Err(CliError::usage(format!(
+            "`--dry-run` prints the Kubernetes objects of a deploy, and `{model}@{}` is served on this machine: add `--target kubernetes`, or set `target: kubernetes` for it in kiln.yaml",
+            environment.name
+        )));
+    };
+    let repository = project
+        .model(model)
+        .and_then(|m| m.image_repository.clone())
+        .ok_or_else(|| {
+            CliError::usage(format!(
+                "`{model}` has no `image.repository` in kiln.yaml: name the registry repository the cluster pulls its images from"
+            ))
+        })?;
+    let reference = ModelRef {
+        model: model.to_string(),
+        selector: Selector::Version(version),
+    };
+    let mut progress = |line: &str| errln!("  {line}");
+    let served = kiln_deploy::prepare(workspace, project, &reference, &mut progress)?;
+    let built = crate::image_cmd::build_served(&project.root, &served, &mut progress)?;
+    let workload = kubernetes::Workload {
+        model: model.to_string(),
+        environment: environment.name.clone(),
+        version,
+        commit: workspace
+            .registry
+            .model_version(model, version)?
+            .lineage
+            .commit,
+        image: format!("{repository}@{}", built.manifest_digest),
+    };
+    let manifests = kubernetes::manifests(&workload, &crate::kubernetes::settings(settings))
+        .map_err(anyhow::Error::new)?;
+    match format {
+        ManifestFormat::Yaml => {
+            let yaml = kubernetes::render_yaml(&manifests).map_err(anyhow::Error::new)?;
+            outln!("{}", yaml.trim_end());
+        }
+        ManifestFormat::Json => {
+            let mut items = vec![
+                serde_json::to_value(&manifests.deployment)?,
+                serde_json::to_value(&manifests.service)?,
+            ];
+            if let Some(autoscaler) = &manifests.autoscaler {
+                items.push(serde_json::to_value(autoscaler)?);
+            }
+            items.push(serde_json::to_value(&manifests.disruption_budget)?);
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            outln!("{}", serde_json::to_string_pretty(&list)?);
+        }
+    }
+    Ok(exit::code(exit::SUCCESS))
+}
+
+/// Rolls a Kubernetes environment out from this command: what its alias names (and whatever
+/// else the aliases of the project's Kubernetes environments ask for, as `kiln up` would).
+fn roll_out_here(
+    project: &Project,
+    workspace: &mut Workspace,
+    model: &str,
+    environment: &str,
+    wait: &WaitArgs,
+) -> Result<Rollout> {
+    let target = crate::kubernetes::target(project, true)?.force_conflicts(wait.force_conflicts);
+    let mut controller = Controller::new(Box::new(target), project, 0);
+    let notifier = notify::start(project);
+    let mut outcome = None;
+    let reconciled = controller.reconcile(workspace, project, &mut |change| {
+        match &change {
+            Change::Deployed { status, .. }
+                if status.model == model && status.environment == environment =>
+            {
+                outcome = Some(Rollout::Served {
+                    deployment: status.clone(),
+                });
+            }
+            Change::RolloutFailed {
+                model: failed,
+                environment: failed_in,
+                error,
+                rolled_back_to,
+                ..
+            } if failed == model && failed_in == environment => {
+                outcome = Some(Rollout::RolledBack {
+                    to: *rolled_back_to,
+                    reason: error.message.clone(),
+                });
+            }
+            _ => {}
+        }
+        crate::up_cmd::say(&notifier, change);
+    });
+    notify::finish(notifier);
+    reconciled?;
+    // Nothing to roll out: the environment already serves that version.
+    Ok(outcome.unwrap_or_else(|| {
+        match controller
+            .status()
+            .into_iter()
+            .find(|s| s.model == model && s.environment == environment)
+        {
+            Some(deployment) => Rollout::Served { deployment },
+            None => Rollout::TimedOut,
+        }
+    }))
+}
+
 fn tell(project: &Project, event: Event, moved: &kiln_pipeline::AliasMoved, reason: Option<&str>) {
     let notifier = notify::start(project);
     notifier.send(&notify::alias_message(
@@ -255,14 +455,18 @@ fn tell(project: &Project, event: Event, moved: &kiln_pipeline::AliasMoved, reas
     notify::finish(notifier);
 }
 
-/// Reports the move, then waits for the running supervisor to roll it out.
+/// Reports the move, then sees it rolled out: by the running supervisor (local), or here
+/// (Kubernetes).
 fn finish(
-    workspace: &Workspace,
-    model: &str,
-    environment: &str,
+    project: &Project,
+    workspace: &mut Workspace,
+    environment: &Environment,
     moved: kiln_pipeline::AliasMoved,
     wait: &WaitArgs,
 ) -> Result<ExitCode> {
+    let model = moved.model.as_str();
+    let environment_kind = environment.target;
+    let environment = environment.name.as_str();
     let from = moved
         .from_version
         .map_or("nothing".to_string(), |v| format!("v{v}"));
@@ -270,13 +474,16 @@ fn finish(
         "`{model}@{environment}`: {from} -> v{} (recorded in the alias history)",
         moved.to_version
     );
-    let rollout = wait_for_rollout(
-        workspace,
-        model,
-        environment,
-        moved.to_version,
-        Duration::from_secs(wait.timeout),
-    )?;
+    let rollout = match environment_kind {
+        TargetKind::Kubernetes => roll_out_here(project, workspace, model, environment, wait)?,
+        TargetKind::Local => wait_for_rollout(
+            workspace,
+            model,
+            environment,
+            moved.to_version,
+            Duration::from_secs(wait.timeout),
+        )?,
+    };
     let code = match &rollout {
         Rollout::Served { deployment } => {
             errln!(
@@ -387,7 +594,12 @@ pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
         None => {
             // Nothing runs: what `kiln up` would serve, from the aliases.
             for model in project.models.iter().filter(|m| m.artifact.is_some()) {
-                for environment in &model.deploy.environments {
+                let local = model
+                    .deploy
+                    .environments
+                    .iter()
+                    .filter(|e| e.target == TargetKind::Local);
+                for environment in local {
                     let Some(version) = workspace
                         .registry
                         .alias_version(&model.name, &environment.name)?
@@ -415,6 +627,23 @@ pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
             }
         }
     }
+    if crate::kubernetes::in_use(&project) {
+        let listed = crate::kubernetes::target(&project, false).and_then(|target| {
+            target
+                .try_status()
+                .map_err(|e| anyhow::Error::new(e).into())
+        });
+        match listed {
+            Ok(deployments) => rows.extend(deployments.into_iter().map(|deployment| {
+                PsRow {
+                    uptime_seconds: (deployment.since_ms > 0)
+                        .then(|| ((now - deployment.since_ms).max(0) / 1000) as u64),
+                    deployment,
+                }
+            })),
+            Err(error) => errln!("warning: cannot list the Kubernetes deployments: {error}"),
+        }
+    }
     if args.json {
         let json = serde_json::json!({ "supervisor_running": running, "deployments": rows });
         outln!("{}", serde_json::to_string_pretty(&json)?);
@@ -422,7 +651,7 @@ pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
     }
     if !running {
         errln!(
-            "no `kiln up` runs for this project: nothing is served (it serves these when it starts)"
+            "no `kiln up` runs for this project: nothing is served on this machine (it serves these when it starts)"
         );
     }
     if rows.is_empty() {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use kiln_deploy::ServedModel;
 use kiln_image::{BuiltImage, ImageSpec, LayerRole, Runtime};
 use kiln_pipeline::{ModelRef, Workspace};
 use kiln_spec::Project;
@@ -141,6 +142,11 @@ pub fn image_spec(
     progress: &mut dyn FnMut(&str),
 ) -> Result<ImageSpec> {
     let served = kiln_deploy::prepare(workspace, project, reference, progress)?;
+    spec_of(workspace, &project.root, &served)
+}
+
+/// The image of a version already prepared for serving.
+fn spec_of(workspace: &Workspace, root: &Path, served: &ServedModel) -> Result<ImageSpec> {
     let registered = workspace
         .registry
         .model_version(&served.name, served.version)?;
@@ -171,10 +177,23 @@ pub fn image_spec(
         kiln,
         kiln_version: env!("CARGO_PKG_VERSION").to_string(),
         revision: registered.lineage.commit.clone(),
-        source: git_source(&project.root),
+        source: git_source(root),
         created_ms: registered.registered_at_ms,
         port: 8080,
     })
+}
+
+/// Builds the image of a version prepared for serving (a rollout's) into the project's
+/// layout: nothing is written when the layout holds it already, bar the name.
+pub fn build_served(
+    root: &Path,
+    served: &ServedModel,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BuiltImage> {
+    let workspace = Workspace::open(root)?;
+    let spec = spec_of(&workspace, root, served)?;
+    let built = kiln_image::build(&spec, &project_layout(&workspace), &base_cache()?, progress)?;
+    Ok(built)
 }
 
 /// The project's `origin` remote, without credentials, for the `source` label.

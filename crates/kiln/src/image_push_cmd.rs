@@ -52,54 +52,34 @@ pub fn push(root: &Path, args: PushArgs) -> Result<()> {
 
     // The project's layout and the name `kiln image build` gives the version there.
     let layout = crate::image_cmd::project_layout(&workspace);
-    let name = format!("{}:v{}", version.model, version.version);
-    let tags = tags(&version);
+    let name = image_name(&version);
     let options = PushOptions {
         insecure: args.insecure,
         ..PushOptions::default()
     };
     let mut progress = |line: &str| errln!("  {line}");
-    let attempt = kiln_image::push(
+    let built = kiln_image::Layout::open_or_create(&layout)?
+        .resolve(&name)?
+        .is_some();
+    if !built {
+        errln!("building `{name}` into `{}` first", layout.display());
+        let reference = ModelRef {
+            model: version.model.clone(),
+            selector: Selector::Version(version.version),
+        };
+        let spec = crate::image_cmd::image_spec(&workspace, &project, &reference, &mut progress)?;
+        let cache = crate::image_cmd::base_cache()?;
+        kiln_image::build(&spec, &layout, &cache, &mut progress)?;
+    }
+    let pushed = push_and_record(
+        &mut workspace,
+        &version,
         &layout,
-        &name,
         &args.destination,
-        &tags,
         &options,
         &mut progress,
-    );
-    let pushed = match attempt {
-        Err(kiln_image::Error::ImageNotInLayout { .. }) => {
-            errln!("building `{name}` into `{}` first", layout.display());
-            let reference = ModelRef {
-                model: version.model.clone(),
-                selector: Selector::Version(version.version),
-            };
-            let spec =
-                crate::image_cmd::image_spec(&workspace, &project, &reference, &mut progress)?;
-            let cache = crate::image_cmd::base_cache()?;
-            kiln_image::build(&spec, &layout, &cache, &mut progress)?;
-            kiln_image::push(
-                &layout,
-                &name,
-                &args.destination,
-                &tags,
-                &options,
-                &mut progress,
-            )?
-        }
-        other => other?,
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    workspace.registry.record_image(
-        &version.model,
-        version.version,
-        &VersionImage {
-            repository: pushed.repository.clone(),
-            digest: pushed.digest.clone(),
-            tags: pushed.tags.clone(),
-            pushed_at_ms: now_ms(),
-        },
     )?;
+    let seconds = started.elapsed().as_secs_f64();
 
     if args.json {
         let report = Report {
@@ -119,6 +99,43 @@ pub fn push(root: &Path, args: PushArgs) -> Result<()> {
         outln!("{}@{}", pushed.repository, pushed.digest);
     }
     Ok(())
+}
+
+/// Pushes the version's image, as the layout names it (`MODEL:vN`), to `destination` with the
+/// version's tags, and records the digest pushed on the version.
+pub fn push_and_record(
+    workspace: &mut Workspace,
+    version: &ModelVersion,
+    layout: &Path,
+    destination: &str,
+    options: &PushOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Pushed> {
+    let name = image_name(version);
+    let pushed = kiln_image::push(
+        layout,
+        &name,
+        destination,
+        &tags(version),
+        options,
+        progress,
+    )?;
+    workspace.registry.record_image(
+        &version.model,
+        version.version,
+        &VersionImage {
+            repository: pushed.repository.clone(),
+            digest: pushed.digest.clone(),
+            tags: pushed.tags.clone(),
+            pushed_at_ms: now_ms(),
+        },
+    )?;
+    Ok(pushed)
+}
+
+/// The name `kiln image build` gives a version's image in the layout.
+fn image_name(version: &ModelVersion) -> String {
+    format!("{}:v{}", version.model, version.version)
 }
 
 /// `vN`, the commit's short SHA (not for a version trained from uncommitted changes, which that

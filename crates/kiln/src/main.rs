@@ -11,6 +11,7 @@ mod files;
 mod image_cmd;
 mod image_push_cmd;
 mod init_cmd;
+mod kubernetes;
 mod models_cmd;
 mod notify;
 mod printer;

@@ -110,10 +110,18 @@ pub fn up(global_root: &Path, args: UpArgs) -> Result<ExitCode> {
     let (events, target_events) = mpsc::channel();
     let kiln = std::env::current_exe()?;
     let target = LocalTarget::new(LocalOptions::new(kiln, state_dir.clone()), events);
-    let controller = Controller::new(Box::new(target), &project, args.port_base).with_unavailable(
-        kiln_spec::TargetKind::Kubernetes,
-        "`target: kubernetes` is not supported by this build; the environment is not served",
-    );
+    let mut controller = Controller::new(Box::new(target), &project, args.port_base);
+    if crate::kubernetes::in_use(&project) {
+        controller = match crate::kubernetes::target(&project, true) {
+            Ok(kubernetes) => controller.with_target(Box::new(kubernetes)),
+            Err(error) => controller.with_unavailable(
+                kiln_spec::TargetKind::Kubernetes,
+                format!(
+                    "cannot reach the Kubernetes cluster, the environment is not served: {error}"
+                ),
+            ),
+        };
+    }
     let notifier = notify::start(&project);
     let mut up = Up {
         root: project.root.clone(),
@@ -512,7 +520,7 @@ fn curl_line(status: &DeploymentStatus, model: &str, example: &serde_json::Value
 }
 
 /// Prints what the controller did and tells whoever `notify:` names.
-fn say(notifier: &Notifier, change: Change) {
+pub(crate) fn say(notifier: &Notifier, change: Change) {
     if let Some(message) = notify::deployment_message(&change) {
         notifier.send(&message);
     }

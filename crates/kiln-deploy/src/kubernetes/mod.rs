@@ -14,6 +14,8 @@ mod api;
 mod manifests;
 mod rollout;
 mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -25,7 +25,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use crate::cluster::{Fate, TestCluster, sibling_kubeconfig};
+use kiln_deploy::kubernetes::testing::{Fate, TestCluster, kubeconfig, sibling_kubeconfig};
 
 const IMAGE_V1: &str = "registry.example/kiln/iris@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const IMAGE_V2: &str = "registry.example/kiln/iris@sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -647,7 +647,7 @@ fn rbac_denials_and_an_unreachable_server_name_the_verb_resource_and_namespace()
     // A namespace that does not exist (the admin may do anything): said so, with a hint.
     let admin = target(
         &Cluster {
-            kubeconfig: Some(crate::cluster::kubeconfig()),
+            kubeconfig: Some(kubeconfig()),
             context: None,
         },
         environments.clone(),
@@ -673,7 +673,7 @@ fn rbac_denials_and_an_unreachable_server_name_the_verb_resource_and_namespace()
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = std::fs::read_to_string(crate::cluster::kubeconfig()).unwrap();
+    let kubeconfig = std::fs::read_to_string(kubeconfig()).unwrap();
     let moved = kubeconfig.replace(
         "https://127.0.0.1:6443",
         &format!("https://127.0.0.1:{port}"),

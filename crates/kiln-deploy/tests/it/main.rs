@@ -1,5 +1,4 @@
 //! kiln-deploy's integration tests (one test binary): the Kubernetes target against a real
 //! control plane.
 
-mod cluster;
 mod kubernetes;

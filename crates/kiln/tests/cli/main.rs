@@ -8,6 +8,7 @@ mod formats;
 mod image;
 mod image_push;
 mod init;
+mod kubernetes;
 mod lineage;
 mod models;
 mod monorepo;

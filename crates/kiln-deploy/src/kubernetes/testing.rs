@@ -3,6 +3,7 @@
 //! API — it renews the Node's Lease, marks pods bound to the Node Running and Ready, crash
 //! looping or failing to pull their image (as the test decides per pod), and confirms pod
 //! deletions. Everything the test made is deleted when the guard drops, also when it fails.
+//! Built with the `testing` feature, for kiln-deploy's tests and the binary's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -10,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::kubernetes::{Cluster, KubernetesSettings};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kiln_deploy::kubernetes::{Cluster, KubernetesSettings};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Config};
 use serde_json::json;
