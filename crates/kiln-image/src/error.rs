@@ -20,8 +20,6 @@ pub enum Error {
         purpose: &'static str,
         package: &'static str,
     },
-    #[error("`{command}` failed: {message}")]
-    ToolFailed { command: String, message: String },
     #[error("`{}` needs `{library}`, which is not found on this machine", path.display())]
     LibraryNotFound { path: PathBuf, library: String },
     #[error("the artifact `{}` does not exist", path.display())]

@@ -222,6 +222,27 @@ fn kiln_image_build_writes_an_image_that_skopeo_umoci_and_podman_read_and_run() 
         .unwrap();
     assert_eq!(metadata["versions"], json!(["2"]), "{metadata}");
     stop_cleanly(&podman);
+
+    // A version whose content is gone from the store is an error saying so, not an image.
+    let digest = registered["artifact_digest"].as_str().unwrap();
+    let state = iris.root().join(".kiln");
+    std::fs::remove_file(
+        state
+            .join("store/objects")
+            .join(&digest[..2])
+            .join(&digest[2..]),
+    )
+    .unwrap();
+    for folder in ["artifacts", "versions", "serving"] {
+        std::fs::remove_dir_all(state.join(folder)).unwrap();
+    }
+    let gone = iris.kiln(&["image", "build", "iris@v1"]);
+    assert_eq!(gone.status.code(), Some(1), "{}", stderr(&gone));
+    assert!(
+        stderr(&gone).contains("is missing from the store"),
+        "{}",
+        stderr(&gone)
+    );
 }
 
 /// Builds `version` listening on a free port into a layout of its own, runs it with podman
