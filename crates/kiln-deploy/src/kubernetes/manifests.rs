@@ -531,7 +531,11 @@ pub fn render_yaml(manifests: &Manifests) -> Result<String, Error> {
         push(serde_json::to_value(autoscaler))?;
     }
     push(serde_json::to_value(&manifests.disruption_budget))?;
-    let body = serde_saphyr::to_string_multiple(&documents)
+    // Plain scalars, as kubectl writes them: no `>-` folding of a long image reference, which
+    // would make a GitOps diff of one digest span lines.
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.prefer_block_scalars = false;
+    let body = serde_saphyr::to_string_multiple_with_options(&documents, options)
         .map_err(|error| Error::KubernetesRender(error.to_string()))?;
     Ok(format!("---\n{body}"))
 }

@@ -228,8 +228,12 @@ impl KubernetesTarget {
         )
     }
 
-    /// The rollout of `release`, in the runtime.
-    async fn roll_out_async(&self, release: &Release) -> Result<DeploymentStatus, RolloutError> {
+    /// The rollout of `release` as the objects `new`, in the runtime.
+    async fn roll_out_async(
+        &self,
+        release: &Release,
+        new: Manifests,
+    ) -> Result<DeploymentStatus, RolloutError> {
         let model = release.model_name();
         let environment = release.environment.as_str();
         let version = release.model.version;
@@ -246,7 +250,6 @@ impl KubernetesTarget {
             message: with_hint(&error),
             log_tail: None,
         };
-        let new = self.manifests(release).map_err(fail)?;
         let (namespace, name) = (new.namespace().to_string(), new.name().to_string());
         let current = self
             .kube
@@ -416,7 +419,14 @@ impl Target for KubernetesTarget {
     ) -> Result<DeploymentStatus, RolloutError> {
         let one_at_a_time = self.rollout_lock(release.model_name(), &release.environment);
         let _guard = lock(&one_at_a_time);
-        let outcome = self.runtime.block_on(self.roll_out_async(release));
+        // The image is resolved (built, pushed) here, outside the runtime: the resolver may
+        // block, and may run a runtime of its own.
+        let outcome = self.manifests(release).map_err(|error| RolloutError {
+            message: with_hint(&error),
+            log_tail: None,
+        });
+        let outcome =
+            outcome.and_then(|new| self.runtime.block_on(self.roll_out_async(release, new)));
         // Refresh what `status` says: the controller reads it right after.
         let _ = self.try_status();
         outcome

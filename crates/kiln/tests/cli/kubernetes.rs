@@ -30,8 +30,7 @@ fn iris_on_kubernetes(registry: &TestRegistry, cluster: &TestCluster) -> TestPro
     let text = std::fs::read_to_string(&file).unwrap();
     let deploy = format!(
         "    image: {{repository: {}/kiln/iris}}\n    deploy:\n      staging: {{auto: false}}\n      production: {{target: k8s, namespace: {}, rollout_timeout: 10s}}\n",
-        registry.address(),
-        cluster.namespace
+        registry.address, cluster.namespace
     );
     std::fs::write(&file, format!("{}\n{deploy}", text.trim_end())).unwrap();
     let run = kiln_command(dir.root()).arg("run").output().unwrap();
@@ -85,16 +84,28 @@ fn kiln_deploy_rolls_out_to_kubernetes_and_rolls_a_crash_looping_version_back() 
         }
     });
     let iris = iris_on_kubernetes(&registry, &cluster);
-    let repository = format!("{}/kiln/iris", registry.address());
+    let repository = format!("{}/kiln/iris", registry.address);
 
     // --dry-run: the objects, valid for Kubernetes 1.28, naming the image by digest; nothing
     // pushed or applied.
-    let dry = kiln(iris.root(),
-        &["deploy", "iris@v1", "--env", "production", "--dry-run", "-o", "yaml"],
+    let dry = kiln(
+        iris.root(),
+        &[
+            "deploy",
+            "iris@v1",
+            "--env",
+            "production",
+            "--dry-run",
+            "-o",
+            "yaml",
+        ],
     );
     assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
     let yaml = stdout(&dry);
-    assert!(yaml.contains(&format!("image: {repository}@sha256:")), "{yaml}");
+    assert!(
+        yaml.contains(&format!("image: {repository}@sha256:")),
+        "{yaml}"
+    );
     for kind in ["Deployment", "Service", "PodDisruptionBudget"] {
         assert!(yaml.contains(&format!("kind: {kind}")), "{yaml}");
     }
@@ -113,10 +124,11 @@ fn kiln_deploy_rolls_out_to_kubernetes_and_rolls_a_crash_looping_version_back() 
         stderr(&validated)
     );
     let shown = json(&kiln(iris.root(), &["models", "show", "iris@v1", "--json"]));
-    assert_eq!(shown["images"], Value::Array(Vec::new()), "{shown}");
+    assert!(shown.get("images").is_none(), "nothing was pushed: {shown}");
 
     // A deploy: pushed, applied, Ready.
-    let deployed = kiln(iris.root(),
+    let deployed = kiln(
+        iris.root(),
         &["deploy", "iris@v1", "--env", "production", "--json"],
     );
     assert_eq!(deployed.status.code(), Some(0), "{}", stderr(&deployed));
@@ -128,7 +140,11 @@ fn kiln_deploy_rolls_out_to_kubernetes_and_rolls_a_crash_looping_version_back() 
     assert!(said.contains("pushing"), "{said}");
     let shown = json(&kiln(iris.root(), &["models", "show", "iris@v1", "--json"]));
     let digest = shown["images"][0]["digest"].as_str().unwrap().to_string();
-    assert_eq!(shown["images"][0]["repository"], repository.as_str(), "{shown}");
+    assert_eq!(
+        shown["images"][0]["repository"],
+        repository.as_str(),
+        "{shown}"
+    );
     assert_eq!(deployed_image(&cluster), format!("{repository}@{digest}"));
     let inspected = Command::new("skopeo")
         .args(["inspect", "--tls-verify=false"])
@@ -155,16 +171,12 @@ fn kiln_deploy_rolls_out_to_kubernetes_and_rolls_a_crash_looping_version_back() 
         .output()
         .unwrap();
     assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
-    let failed = kiln(iris.root(),
-        &["deploy", "iris@v2", "--env", "production"],
-    );
+    let failed = kiln(iris.root(), &["deploy", "iris@v2", "--env", "production"]);
     assert_eq!(failed.status.code(), Some(6), "{}", stderr(&failed));
     let said = stderr(&failed);
     assert!(said.contains("CrashLoopBackOff"), "{said}");
     assert!(said.contains("back on v1"), "{said}");
-    let history = json(&kiln(iris.root(),
-        &["models", "history", "iris", "--json"],
-    ));
+    let history = json(&kiln(iris.root(), &["models", "history", "iris", "--json"]));
     let last = history
         .as_array()
         .unwrap()
