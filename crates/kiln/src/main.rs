@@ -117,9 +117,19 @@ Examples:
   kiln up --port-base 9000"
     )]
     Up(up_cmd::UpArgs),
-    /// Deploy a version to an environment (the running `kiln up` rolls it out).
+    /// Deploy a version to an environment (a local one is rolled out by the running `kiln up`,
+    /// a Kubernetes one by this command).
     #[command(
-        after_help = "Examples:\n  kiln deploy iris@v3 --env staging\n  kiln deploy iris@latest --env staging --reason \"hotfix\" --json"
+        after_help = "A Kubernetes environment (`target: kubernetes` in kiln.yaml, or `--target k8s`) is rolled
+out here: the image is built and pushed to the model's `image.repository`, the Deployment,
+Service, autoscaler and disruption budget are applied (cluster from $KUBECONFIG), and the
+rollout is watched; a failed rollout puts the version before back and exits 6.
+
+Examples:
+  kiln deploy iris@v3 --env staging
+  kiln deploy iris@latest --env staging --reason \"hotfix\" --json
+  kiln deploy iris@v3 --env production --dry-run -o yaml > iris-production.yaml
+  kiln deploy iris@v3 --env staging --target k8s"
     )]
     Deploy(deploy_cmd::DeployArgs),
     /// Promote the version an environment serves to the next one (`approve: manual` waits for this).
