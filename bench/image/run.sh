@@ -8,7 +8,8 @@
 #
 #   bash bench/image/run.sh
 #
-# Knobs (environment): RUNS (5, for the warm builds), BENCH_OUT (target/bench-image).
+# Knobs (environment): RUNS (5, for the warm builds), BENCH_OUT (target/bench-image), KILN (a
+# `kiln` executable to measure instead of building the release one).
 # Needs: cargo, binutils (strip), umoci; python3 with scikit-learn is installed by Kiln itself
 # (the example's environment, once, under BENCH_OUT/cache).
 set -euo pipefail
@@ -20,9 +21,15 @@ mkdir -p "$OUT"
 export NO_COLOR=1
 # Python environments are kept between runs of the benchmark; image caches are not.
 export KILN_CACHE_DIR=$OUT/cache
+# ONNX Runtime from the test venv's python (as `kiln serve` finds it), so that no build spends
+# its time asking other pythons for it.
+PYTHON=${KILN_TEST_PYTHON:-$ROOT/target/test-venv/bin/python}
+if [ -x "$PYTHON" ]; then export KILN_PYTHON=$PYTHON; fi
 
-cargo build --release -p kiln --manifest-path "$ROOT/Cargo.toml" >&2
-KILN=${CARGO_TARGET_DIR:-$ROOT/target}/release/kiln
+if [ -z "${KILN:-}" ]; then
+    cargo build --release -p kiln --manifest-path "$ROOT/Cargo.toml" >&2
+    KILN=${CARGO_TARGET_DIR:-$ROOT/target}/release/kiln
+fi
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -59,7 +66,9 @@ same=$(for _ in $(seq "$RUNS"); do seconds "$KILN" -C "$WORK/iris" image build i
 # model layer is really written every run.
 next=$(for i in $(seq "$RUNS"); do seconds "$KILN" -C "$WORK/iris" image build iris@v2 --json --output "$WORK/layout-$i"; done | median)
 [ "$(field "['layers'][0]['reused']")" = "True" ] || { echo "v2 did not reuse the base" >&2; exit 1; }
+next_build_ms=$(field "['elapsed_ms']")
 next_same_layout=$(seconds "$KILN" -C "$WORK/iris" image build iris@v2 --json)
+next_same_layout_ms=$(field "['elapsed_ms']")
 
 umoci raw unpack --rootless --image "$WORK/iris/.kiln/images:iris:v1" "$WORK/rootfs" >/dev/null 2>&1
 rootfs=$(du -sb "$WORK/rootfs" | cut -f1)
@@ -67,11 +76,11 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 mib() { echo "scale=1; $1 / 1048576" | bc; }
 {
-    echo "kiln image build, iris (ONNX), release build, $(nproc) cores"
+    echo "kiln image build, iris (ONNX), $KILN ($(du -m "$KILN" | cut -f1) MB unstripped), $(nproc) cores"
     echo "  image size (layers + config + manifest): $(mib "$size") MiB (base $(mib "$base") MiB, model $model B)"
     echo "  unpacked root filesystem:                $(mib "$rootfs") MiB"
     echo "  first build, cold base cache:            ${cold} s"
     echo "  same version again (median of $RUNS):       ${same} s"
-    echo "  new version, fresh layout (median of $RUNS): ${next} s"
-    echo "  new version, same layout:                ${next_same_layout} s"
+    echo "  new version, fresh layout (median of $RUNS): ${next} s (of which the image: ${next_build_ms} ms)"
+    echo "  new version, same layout:                ${next_same_layout} s (of which the image: ${next_same_layout_ms} ms)"
 } | tee "$OUT/results.txt"
