@@ -120,7 +120,7 @@ pub struct Environment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Kubernetes {
     pub namespace: String,
-    /// Pods when there is no autoscaler; with one, the count it starts from.
+    /// Pods when there is no autoscaler (with one, the autoscaler owns the count).
     pub replicas: u32,
     pub autoscale: Option<Autoscale>,
     pub resources: Resources,

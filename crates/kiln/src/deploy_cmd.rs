@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use kiln_deploy::local::state;
-use kiln_deploy::{Change, Controller, DeploymentStatus, kubernetes};
+use kiln_deploy::{Change, Controller, DeploymentStatus, KubernetesTarget, kubernetes};
 use kiln_notify::Event;
 use kiln_pipeline::{AliasChange, Workspace};
 use kiln_registry::{AliasCommand, ModelRef, MoveBy, Selector, Version};
@@ -173,6 +173,7 @@ pub fn deploy(root: &Path, args: DeployArgs) -> Result<ExitCode> {
         run_id: None,
         reason: args.reason.as_deref(),
     };
+    let cluster = cluster_for(&project, environment, &args.wait)?;
     let moved = kiln_pipeline::move_alias(
         &mut workspace,
         Ok(&project),
@@ -180,7 +181,14 @@ pub fn deploy(root: &Path, args: DeployArgs) -> Result<ExitCode> {
         &environment.name,
         AliasChange::To { version, by },
     )?;
-    finish(&project, &mut workspace, environment, moved, &args.wait)
+    finish(
+        &project,
+        &mut workspace,
+        environment,
+        moved,
+        cluster,
+        &args.wait,
+    )
 }
 
 pub fn promote(root: &Path, args: PromoteArgs) -> Result<ExitCode> {
@@ -208,6 +216,7 @@ pub fn promote(root: &Path, args: PromoteArgs) -> Result<ExitCode> {
         run_id: None,
         reason: args.reason.as_deref(),
     };
+    let cluster = cluster_for(&project, to, &args.wait)?;
     let moved = kiln_pipeline::move_alias(
         &mut workspace,
         Ok(&project),
@@ -216,12 +225,13 @@ pub fn promote(root: &Path, args: PromoteArgs) -> Result<ExitCode> {
         AliasChange::To { version, by },
     )?;
     tell(&project, Event::Promoted, &moved, args.reason.as_deref());
-    finish(&project, &mut workspace, to, moved, &args.wait)
+    finish(&project, &mut workspace, to, moved, cluster, &args.wait)
 }
 
 pub fn rollback(root: &Path, args: RollbackArgs) -> Result<ExitCode> {
     let (project, mut workspace) = open(root)?;
     let environment = environment(&project, &args.model, Some(&args.env), 0)?;
+    let cluster = cluster_for(&project, environment, &args.wait)?;
     let moved = kiln_pipeline::move_alias(
         &mut workspace,
         Ok(&project),
@@ -232,7 +242,14 @@ pub fn rollback(root: &Path, args: RollbackArgs) -> Result<ExitCode> {
         },
     )?;
     tell(&project, Event::RolledBack, &moved, args.reason.as_deref());
-    finish(&project, &mut workspace, environment, moved, &args.wait)
+    finish(
+        &project,
+        &mut workspace,
+        environment,
+        moved,
+        cluster,
+        &args.wait,
+    )
 }
 
 fn open(root: &Path) -> Result<(Project, Workspace)> {
@@ -366,11 +383,10 @@ fn dry_run(
             .commit,
         image: format!("{repository}@{}", built.manifest_digest),
     };
-    let manifests = kubernetes::manifests(&workload, &crate::kubernetes::settings(settings))
-        .map_err(anyhow::Error::new)?;
+    let manifests = kubernetes::manifests(&workload, &crate::kubernetes::settings(settings))?;
     match format {
         ManifestFormat::Yaml => {
-            let yaml = kubernetes::render_yaml(&manifests).map_err(anyhow::Error::new)?;
+            let yaml = kubernetes::render_yaml(&manifests)?;
             outln!("{}", yaml.trim_end());
         }
         ManifestFormat::Json => {
@@ -389,16 +405,31 @@ fn dry_run(
     Ok(exit::code(exit::SUCCESS))
 }
 
+/// The Kubernetes target that rolls `environment` out, when it is a Kubernetes one, once the
+/// cluster answered: it is asked before the alias moves, since a move that no command could roll
+/// out would be rolled out by surprise later.
+fn cluster_for(
+    project: &Project,
+    environment: &Environment,
+    wait: &WaitArgs,
+) -> Result<Option<KubernetesTarget>> {
+    if environment.target != TargetKind::Kubernetes {
+        return Ok(None);
+    }
+    let target = crate::kubernetes::target(project, true)?;
+    target.try_status()?;
+    Ok(Some(target.force_conflicts(wait.force_conflicts)))
+}
+
 /// Rolls a Kubernetes environment out from this command: what its alias names (and whatever
 /// else the aliases of the project's Kubernetes environments ask for, as `kiln up` would).
 fn roll_out_here(
     project: &Project,
     workspace: &mut Workspace,
+    target: KubernetesTarget,
     model: &str,
     environment: &str,
-    wait: &WaitArgs,
 ) -> Result<Rollout> {
-    let target = crate::kubernetes::target(project, true)?.force_conflicts(wait.force_conflicts);
     let mut controller = Controller::new(Box::new(target), project, 0);
     let notifier = notify::start(project);
     let mut outcome = None;
@@ -429,13 +460,20 @@ fn roll_out_here(
     });
     notify::finish(notifier);
     reconciled?;
-    // Nothing to roll out: the environment already serves that version.
+    // Nothing rolled out here: the environment serves that version already, healthy, or
+    // someone else (a running `kiln up`) is rolling it out, which `kiln ps` shows.
     Ok(outcome.unwrap_or_else(|| {
-        match controller
-            .status()
-            .into_iter()
-            .find(|s| s.model == model && s.environment == environment)
-        {
+        let desired = workspace
+            .registry
+            .alias_version(model, environment)
+            .ok()
+            .flatten();
+        match controller.status().into_iter().find(|s| {
+            s.model == model
+                && s.environment == environment
+                && Some(s.version) == desired
+                && s.health == kiln_deploy::Health::Ready
+        }) {
             Some(deployment) => Rollout::Served { deployment },
             None => Rollout::TimedOut,
         }
@@ -462,6 +500,7 @@ fn finish(
     workspace: &mut Workspace,
     environment: &Environment,
     moved: kiln_pipeline::AliasMoved,
+    cluster: Option<KubernetesTarget>,
     wait: &WaitArgs,
 ) -> Result<ExitCode> {
     let model = moved.model.as_str();
@@ -474,9 +513,9 @@ fn finish(
         "`{model}@{environment}`: {from} -> v{} (recorded in the alias history)",
         moved.to_version
     );
-    let rollout = match environment_kind {
-        TargetKind::Kubernetes => roll_out_here(project, workspace, model, environment, wait)?,
-        TargetKind::Local => wait_for_rollout(
+    let rollout = match cluster {
+        Some(target) => roll_out_here(project, workspace, target, model, environment)?,
+        None => wait_for_rollout(
             workspace,
             model,
             environment,
@@ -501,6 +540,13 @@ fn finish(
         Rollout::Recorded => {
             errln!("no `kiln up` runs for this project: it rolls this out when it starts");
             exit::SUCCESS
+        }
+        Rollout::TimedOut if environment_kind == TargetKind::Kubernetes => {
+            errln!(
+                "error: `{environment}` does not serve v{} ready yet (another rollout of it may be under way); `kiln ps` shows where it is",
+                moved.to_version
+            );
+            exit::NOT_DEPLOYED
         }
         Rollout::TimedOut => {
             errln!(
@@ -628,11 +674,8 @@ pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
         }
     }
     if crate::kubernetes::in_use(&project) {
-        let listed = crate::kubernetes::target(&project, false).and_then(|target| {
-            target
-                .try_status()
-                .map_err(|e| anyhow::Error::new(e).into())
-        });
+        let listed = crate::kubernetes::target(&project, false)
+            .and_then(|target| target.try_status().map_err(CliError::from));
         match listed {
             Ok(deployments) => rows.extend(deployments.into_iter().map(|deployment| {
                 PsRow {

@@ -34,7 +34,7 @@ Examples:
     Build(BuildArgs),
     /// Push a version's image to an OCI registry, tagged `vN`, its commit and its aliases.
     #[command(
-        after_help = "The image is taken from `.kiln/images/` (built there first when missing). Blobs the
+        after_help = "The image is built into `.kiln/images/` first (an unchanged version, same digest). Blobs the
 registry has are skipped; the SBOM goes along. The digest pushed is recorded on the version
 (`kiln models show`).
 

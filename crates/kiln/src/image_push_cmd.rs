@@ -1,5 +1,5 @@
-//! `kiln image push`: a version's image, from the project's image layout (built there first
-//! when it is missing), to an OCI distribution registry, tagged `vN`, with the commit's short
+//! `kiln image push`: a version's image, built into the project's image layout (a rebuild of an
+//! unchanged version writes nothing new and gives the same digest), to an OCI distribution registry, tagged `vN`, with the commit's short
 //! SHA and the version's aliases; the digest pushed is recorded on the version.
 
 use std::path::Path;
@@ -52,25 +52,25 @@ pub fn push(root: &Path, args: PushArgs) -> Result<()> {
 
     // The project's layout and the name `kiln image build` gives the version there.
     let layout = crate::image_cmd::project_layout(&workspace);
-    let name = image_name(&version);
     let options = PushOptions {
         insecure: args.insecure,
         ..PushOptions::default()
     };
     let mut progress = |line: &str| errln!("  {line}");
-    let built = kiln_image::Layout::open_or_create(&layout)?
-        .resolve(&name)?
-        .is_some();
-    if !built {
-        errln!("building `{name}` into `{}` first", layout.display());
-        let reference = ModelRef {
-            model: version.model.clone(),
-            selector: Selector::Version(version.version),
-        };
-        let spec = crate::image_cmd::image_spec(&workspace, &project, &reference, &mut progress)?;
-        let cache = crate::image_cmd::base_cache()?;
-        kiln_image::build(&spec, &layout, &cache, &mut progress)?;
-    }
+    // Built every time (the base is cached; an unchanged version gives the same digest), so that
+    // what is pushed is this version's image as Kiln builds it, never an older build or one made
+    // with other options under the same name.
+    let reference = ModelRef {
+        model: version.model.clone(),
+        selector: Selector::Version(version.version),
+    };
+    let spec = crate::image_cmd::image_spec(&workspace, &project, &reference, &mut progress)?;
+    kiln_image::build(
+        &spec,
+        &layout,
+        &crate::image_cmd::base_cache()?,
+        &mut progress,
+    )?;
     let pushed = push_and_record(
         &mut workspace,
         &version,

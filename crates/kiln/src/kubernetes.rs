@@ -15,7 +15,7 @@ use kiln_image::PushOptions;
 use kiln_pipeline::Workspace;
 use kiln_spec::{Project, TargetKind};
 
-use crate::error::{CliError, Result};
+use crate::error::Result;
 use crate::printer::errln;
 
 /// The longest a rollout may take in all, as a multiple of its progress deadline: a rollout
@@ -76,8 +76,7 @@ pub fn target(project: &Project, push: bool) -> Result<KubernetesTarget> {
         }
     }
     let images = resolver(project.root.clone(), repositories, push);
-    let target = KubernetesTarget::new(&Cluster::default(), environments, images)
-        .map_err(|error| CliError::from(anyhow::Error::new(error)))?;
+    let target = KubernetesTarget::new(&Cluster::default(), environments, images)?;
     Ok(target.on_progress(|progress: &RolloutProgress<'_>| {
         errln!(
             "  `{}@{}` v{}: {}",

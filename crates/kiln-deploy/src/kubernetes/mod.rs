@@ -327,6 +327,11 @@ impl KubernetesTarget {
                     )),
                 }
             }
+            // A Deployment was there, but not one Kiln can restore (applied from `--dry-run`'s
+            // output, or by another tool and taken over): it is left as it is, never deleted.
+            None if current.is_some() => message.push_str(
+                "; the Deployment that was there holds no version Kiln applied, so Kiln cannot put it back: it was left as the rollout left it (`kubectl rollout undo` restores its previous ReplicaSet)",
+            ),
             None => {
                 say("the rollout failed and nothing served before: deleting its objects");
                 match self.kube.delete_all(&namespace, &name).await {

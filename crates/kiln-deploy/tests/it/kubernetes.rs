@@ -425,6 +425,38 @@ fn an_image_that_cannot_be_pulled_fails_a_first_rollout_and_leaves_nothing() {
     assert!(target.status().is_empty());
 }
 
+#[test]
+fn a_failed_rollout_never_deletes_a_deployment_kiln_cannot_restore() {
+    // v1 applied as `kiln deploy --dry-run -o yaml`'s output would be (no annotations of the
+    // versions Kiln applied); v2 then crash-loops.
+    let mut test = TestCluster::start("gitops");
+    test.kubelet(|pod| match version_label(pod).as_deref() {
+        Some("2") => Fate::CrashLoop,
+        _ => Fate::Ready,
+    });
+    let target = target(
+        &test.cluster(),
+        BTreeMap::from([(("iris".into(), "production".into()), test.settings())]),
+    );
+    let v1 = target.manifests(&release("production", 1)).unwrap();
+    target.apply(&v1, false).unwrap();
+    let error = target
+        .roll_out(&release("production", 2), None)
+        .unwrap_err();
+    assert!(
+        error.message.contains("holds no version Kiln applied"),
+        "{}",
+        error.message
+    );
+    let left = test.block_on(async {
+        Api::<Deployment>::namespaced(test.client.clone(), &test.namespace)
+            .get_opt("iris-production")
+            .await
+            .unwrap()
+    });
+    assert!(left.is_some(), "the Deployment that served was deleted");
+}
+
 struct Quiet;
 
 impl Observer for Quiet {

@@ -2,7 +2,8 @@
 //! `KILN_TEST_KUBECONFIG` and a real registry: the trained iris example with `production` on
 //! Kubernetes. `--dry-run -o yaml` prints objects that pass `kubernetes-validate` and name the
 //! image by digest; a deploy pushes the image (tags `v1`, digest recorded on the version),
-//! applies the objects and waits until the pods are Ready (the stand-in kubelet makes them so);
+//! applies the objects and waits until the pods are Ready (and a cluster that cannot be
+//! reached stops it before the alias moves) (the stand-in kubelet makes them so);
 //! `kiln ps` lists the deployment; a version whose pods crash-loop is rolled back: exit 6, the
 //! reason, the alias back on v1 with `rollback` in its history, and v1's image in the cluster.
 
@@ -125,6 +126,26 @@ fn kiln_deploy_rolls_out_to_kubernetes_and_rolls_a_crash_looping_version_back() 
     );
     let shown = json(&kiln(iris.root(), &["models", "show", "iris@v1", "--json"]));
     assert!(shown.get("images").is_none(), "nothing was pushed: {shown}");
+
+    // A cluster that cannot be reached stops the deploy before the alias moves.
+    let unreachable = kiln_command(iris.root())
+        .env("KUBECONFIG", iris.root().join("no-such-kubeconfig"))
+        .args(["deploy", "iris@v1", "--env", "production"])
+        .output()
+        .unwrap();
+    assert_ne!(
+        unreachable.status.code(),
+        Some(0),
+        "{}",
+        stderr(&unreachable)
+    );
+    assert!(
+        stderr(&unreachable).contains("kubeconfig"),
+        "{}",
+        stderr(&unreachable)
+    );
+    let shown = json(&kiln(iris.root(), &["models", "show", "iris@v1", "--json"]));
+    assert_eq!(shown["aliases"], serde_json::json!(["latest"]), "{shown}");
 
     // A deploy: pushed, applied, Ready.
     let deployed = kiln(
