@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::kubernetes::{Cluster, KubernetesSettings};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -197,6 +198,13 @@ impl TestCluster {
 
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
+    }
+
+    /// The Deployment `name` of the test's namespace, if there is one.
+    pub fn deployment(&self, name: &str) -> Option<Deployment> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
+        self.block_on(deployments.get_opt(name))
+            .unwrap_or_else(|error| panic!("cannot read Deployment `{name}`: {error}"))
     }
 }
 

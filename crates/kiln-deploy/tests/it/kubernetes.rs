@@ -288,12 +288,7 @@ fn apply_creates_the_four_objects_as_kiln_reapplies_as_a_no_op_and_reports_confl
 
     // Forced, Kiln takes the field back.
     target.apply(&objects, true).unwrap();
-    let deployment = test.block_on(async {
-        Api::<Deployment>::namespaced(test.client.clone(), &test.namespace)
-            .get("iris-production")
-            .await
-            .unwrap()
-    });
+    let deployment = test.deployment("iris-production").unwrap();
     assert_eq!(deployment.spec.unwrap().revision_history_limit, Some(5));
 }
 
@@ -368,12 +363,7 @@ fn a_rollout_succeeds_once_available_and_a_crash_looping_version_is_rolled_back(
     assert!(error.log_tail.unwrap().contains("CrashLoopBackOff"));
 
     // v1's Deployment is back, and available.
-    let deployment = test.block_on(async {
-        Api::<Deployment>::namespaced(test.client.clone(), &test.namespace)
-            .get("iris-production")
-            .await
-            .unwrap()
-    });
+    let deployment = test.deployment("iris-production").unwrap();
     let labels = deployment.metadata.labels.clone().unwrap();
     assert_eq!(labels["kiln.dev/version"], "1");
     let spec = deployment.spec.clone().unwrap();
@@ -412,12 +402,7 @@ fn an_image_that_cannot_be_pulled_fails_a_first_rollout_and_leaves_nothing() {
         "{}",
         error.message
     );
-    let left = test.block_on(async {
-        Api::<Deployment>::namespaced(test.client.clone(), &test.namespace)
-            .get_opt("iris-staging")
-            .await
-            .unwrap()
-    });
+    let left = test.deployment("iris-staging");
     assert!(
         left.is_none(),
         "the failed first rollout left its Deployment"
@@ -448,12 +433,7 @@ fn a_failed_rollout_never_deletes_a_deployment_kiln_cannot_restore() {
         "{}",
         error.message
     );
-    let left = test.block_on(async {
-        Api::<Deployment>::namespaced(test.client.clone(), &test.namespace)
-            .get_opt("iris-production")
-            .await
-            .unwrap()
-    });
+    let left = test.deployment("iris-production");
     assert!(left.is_some(), "the Deployment that served was deleted");
 }
 

@@ -10,7 +10,6 @@
 use std::path::Path;
 use std::process::Command;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use kiln_deploy::kubernetes::testing::{Fate, TestCluster, kubeconfig};
 use kiln_image::testing::TestRegistry;
 use serde_json::Value;
@@ -55,11 +54,7 @@ fn json(output: &std::process::Output) -> Value {
 
 /// The image the environment's Deployment runs.
 fn deployed_image(cluster: &TestCluster) -> String {
-    let deployments: kube::Api<Deployment> =
-        kube::Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let deployment = cluster
-        .block_on(deployments.get("iris-production"))
-        .unwrap();
+    let deployment = cluster.deployment("iris-production").unwrap();
     deployment.spec.unwrap().template.spec.unwrap().containers[0]
         .image
         .clone()
