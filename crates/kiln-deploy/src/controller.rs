@@ -463,7 +463,14 @@ impl Controller {
                 took: started.elapsed(),
             }),
             Err(error) => {
-                let rolled_back_to = match serving {
+                // What the target serves now, which is what the alias goes back to: on
+                // Kubernetes the version it re-applied, which differs from the one serving
+                // before this rollout when an earlier rollout was cut short.
+                let now_serving = self
+                    .serving(model, environment)
+                    .filter(|now| *now != version)
+                    .or(serving);
+                let rolled_back_to = match now_serving {
                     Some(previous) => {
                         let reason = format!("v{version} failed its rollout: {}", error.message);
                         let by = MoveBy {

@@ -76,6 +76,7 @@ pub fn push(root: &Path, args: PushArgs) -> Result<()> {
         &version,
         &layout,
         &args.destination,
+        Tags::WithAliases,
         &options,
         &mut progress,
     )?;
@@ -108,6 +109,7 @@ pub fn push_and_record(
     version: &ModelVersion,
     layout: &Path,
     destination: &str,
+    tags: Tags,
     options: &PushOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Pushed> {
@@ -116,7 +118,7 @@ pub fn push_and_record(
         layout,
         &name,
         destination,
-        &tags(version),
+        &tags_of(version, tags),
         options,
         progress,
     )?;
@@ -138,17 +140,29 @@ fn image_name(version: &ModelVersion) -> String {
     format!("{}:v{}", version.model, version.version)
 }
 
+/// Which tags an image is pushed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tags {
+    /// `vN`, the commit's short SHA and every alias the version holds (`kiln image push`).
+    WithAliases,
+    /// `vN` and the short SHA only: a rollout's push, whose environment alias may yet move back
+    /// when the rollout fails, which would leave the registry's alias tag behind.
+    VersionOnly,
+}
+
 /// `vN`, the commit's short SHA (not for a version trained from uncommitted changes, which that
-/// commit does not hold) and the version's aliases, in that order.
-fn tags(version: &ModelVersion) -> Vec<String> {
-    let mut tags = vec![format!("v{}", version.version)];
+/// commit does not hold), then the version's aliases when asked for.
+fn tags_of(version: &ModelVersion, tags: Tags) -> Vec<String> {
+    let mut names = vec![format!("v{}", version.version)];
     if let Some(commit) = &version.lineage.commit
         && !version.lineage.dirty
     {
-        tags.push(commit.chars().take(7).collect());
+        names.push(commit.chars().take(7).collect());
     }
-    tags.extend(version.aliases.iter().cloned());
-    tags
+    if tags == Tags::WithAliases {
+        names.extend(version.aliases.iter().cloned());
+    }
+    names
 }
 
 fn now_ms() -> i64 {

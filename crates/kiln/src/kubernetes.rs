@@ -16,6 +16,7 @@ use kiln_pipeline::Workspace;
 use kiln_spec::{Project, TargetKind};
 
 use crate::error::Result;
+use crate::image_push_cmd::Tags;
 use crate::printer::errln;
 
 /// The longest a rollout may take in all, as a multiple of its progress deadline: a rollout
@@ -117,6 +118,7 @@ fn image_for(root: &Path, repository: &str, release: &Release, push: bool) -> Re
         &version,
         &built.layout,
         repository,
+        Tags::VersionOnly,
         &PushOptions::default(),
         &mut progress,
     )?;

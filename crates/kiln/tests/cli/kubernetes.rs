@@ -169,6 +169,17 @@ fn kiln_deploy_rolls_out_to_kubernetes_and_rolls_a_crash_looping_version_back() 
         .unwrap();
     assert!(inspected.status.success(), "{}", stderr(&inspected));
     assert_eq!(json(&inspected)["Digest"], digest.as_str());
+    // No environment tag: the alias may move back if the rollout fails; the tag would not.
+    let environment_tag = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{repository}:production"))
+        .output()
+        .unwrap();
+    assert!(
+        !environment_tag.status.success(),
+        "{}",
+        stdout(&environment_tag)
+    );
 
     // `kiln ps` lists it.
     let ps = json(&kiln(iris.root(), &["ps", "--json"]));
