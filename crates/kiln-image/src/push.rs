@@ -216,23 +216,14 @@ impl Session {
         })
     }
 
-    /// Runs a future to completion on the private runtime; from inside another tokio runtime
+    /// Runs a future to completion on the private runtime (`kiln_store::runtime::block_on`); from inside another tokio runtime
     /// (which may not block), on a thread of its own.
     fn block_on<F>(&self, future: F) -> F::Output
     where
         F: Future + Send,
         F::Output: Send,
     {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|scope| {
-                scope
-                    .spawn(|| self.runtime.block_on(future))
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-        } else {
-            self.runtime.block_on(future)
-        }
+        kiln_store::runtime::block_on(&self.runtime, future)
     }
 
     fn reference(&self, tag_or_digest: &str) -> Reference {

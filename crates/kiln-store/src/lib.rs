@@ -17,6 +17,7 @@ mod error;
 pub mod lock;
 pub mod maintenance;
 pub mod paths;
+pub mod runtime;
 mod s3;
 mod store;
 #[cfg(feature = "testing")]

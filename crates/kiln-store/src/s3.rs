@@ -86,23 +86,14 @@ impl S3Store {
         })
     }
 
-    /// Runs a future to completion on the private runtime. Called from inside another tokio
+    /// Runs a future to completion on the private runtime (`kiln_store::runtime::block_on`). Called from inside another tokio
     /// runtime (which may not block), it runs on a thread of its own.
     fn block_on<F>(&self, future: F) -> F::Output
     where
         F: Future + Send,
         F::Output: Send,
     {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|scope| {
-                scope
-                    .spawn(|| self.runtime.block_on(future))
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-        } else {
-            self.runtime.block_on(future)
-        }
+        crate::runtime::block_on(&self.runtime, future)
     }
 
     fn key(&self, tail: &str) -> Key {
